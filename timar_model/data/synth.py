@@ -1,0 +1,558 @@
+"""`timar synth`: a synthetic two-person conversation corpus in the DualTalk layout.
+
+    timar synth OUT --hours H --seed S [--splits train,test,ood] [--clip-seconds 20] [--workers 2]
+
+Speech is real synthetic speech from espeak-ng (the `espeakng-loader` wheel's libespeak-ng through
+ctypes): several voices, rates and pitches, sentences from a word list, pauses, overlaps,
+interruptions and listener backchannels. Motion of both speakers (25 fps, FLAME exp 50 + jaw 3 +
+head rotation 3) follows interpretable rules documented in docs/synthetic-corpus.md:
+
+  jaw / mouth expression  follow one's own speech envelope with a small lag
+  speaking beats          head-pitch pulses on energy peaks of one's own speech
+  listener nods           at the partner's phrase ends (start of a pause in the partner's speech)
+  orientation             head yaw towards the partner, more when listening; mirrors the partner's
+                          head motion with a lag
+  idle                    smooth low-pass noise on every channel
+  style                   per-speaker parameters for all of the above
+
+The `ood` split uses unseen voices and rates and rule parameters outside the training ranges.
+Everything is a pure function of (seed, split, clip index): same seed -> byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import io
+import json
+import math
+import os
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import butter, find_peaks, resample_poly, sosfiltfilt
+
+SYNTH_VERSION = "1.0"
+SR = 16000
+FPS = 25
+HOP = SR // FPS  # 640 samples per motion frame
+SPLITS = ("train", "test", "ood")
+_SPLIT_ID = {name: i for i, name in enumerate(SPLITS)}
+
+WORDS = (
+    "the a we you they people time day year way thing world life hand part child eye place work week "
+    "case point number group problem fact house city water money story idea family night morning "
+    "music book friend question answer moment reason picture garden road window train coffee dinner "
+    "weather summer winter river mountain market school office paper letter project plan result "
+    "good new first last long great little own other old right big high different small large next "
+    "early young important few public bad same able really quite very always never often maybe "
+    "think know want go see come take make look give find tell ask work seem feel try leave call "
+    "keep start show hear play run move live believe bring happen write sit stand lose pay meet "
+    "and but because so then when if while after before about with from into over under through "
+    "honestly actually probably certainly basically anyway yesterday tomorrow today later again"
+).split()
+BACKCHANNELS = ("mhm", "yeah", "right", "okay", "uh huh", "I see", "sure", "yes")
+
+# voices: (espeak voice name, variant)
+TRAIN_VOICES = tuple(f"{v}+{var}" for v in ("en-us", "en", "en-gb-x-rp", "en-029")
+                     for var in ("m1", "m2", "m3", "f1", "f2", "f3"))
+OOD_VOICES = tuple(f"{v}+{var}" for v in ("en-gb-scotland", "en-us-nyc", "en-gb-x-gbclan")
+                   for var in ("m4", "m5", "f4", "f5"))
+
+# Ranges of every per-speaker style parameter: (low, high), drawn uniformly per speaker.
+# In `ood`, a parameter is drawn from one of the two OOD intervals (below or above TRAIN).
+TRAIN_RANGES: dict[str, tuple[float, float]] = {
+    "rate_wpm": (145.0, 185.0),         # espeak words per minute
+    "pitch": (35.0, 65.0),              # espeak pitch 0..99
+    "loudness": (0.8, 1.2),             # speech rms relative to 0.08
+    "jaw_gain": (0.24, 0.32),           # rad of jaw opening at envelope 1
+    "jaw_lag": (0.5, 1.5),              # frames the jaw / mouth lag the envelope
+    "mouth_gain": (0.8, 1.2),           # mouth expression per unit envelope
+    "beat_gain": (0.03, 0.06),          # rad of head pitch per speaking beat
+    "nod_gain": (0.06, 0.10),           # rad of listener nod
+    "nod_delay": (0.20, 0.35),          # s after the partner's phrase end
+    "nod_prob": (0.7, 0.95),            # probability of nodding at a partner phrase end
+    "backchannel_prob": (0.3, 0.6),     # probability of saying a backchannel there
+    "yaw_bias": (0.08, 0.16),           # rad of yaw towards the partner
+    "mimic_gain": (0.2, 0.4),           # fraction of the partner's head motion mirrored
+    "mimic_lag": (0.3, 0.6),            # s
+    "idle_amp": (0.015, 0.03),          # rad std of idle head motion
+    "smile_gain": (0.3, 0.6),           # listening smile (expression) strength
+}
+OOD_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "rate_wpm": ((115.0, 135.0), (195.0, 215.0)),
+    "pitch": ((15.0, 28.0), (72.0, 85.0)),
+    "loudness": ((0.6, 0.75), (1.25, 1.4)),
+    "jaw_gain": ((0.17, 0.21), (0.35, 0.40)),
+    "jaw_lag": ((0.0, 0.3), (1.8, 2.5)),
+    "mouth_gain": ((0.6, 0.75), (1.25, 1.4)),
+    "beat_gain": ((0.015, 0.025), (0.065, 0.08)),
+    "nod_gain": ((0.04, 0.055), (0.105, 0.12)),
+    "nod_delay": ((0.10, 0.17), (0.38, 0.50)),
+    "nod_prob": ((0.5, 0.65), (0.96, 1.0)),
+    "backchannel_prob": ((0.15, 0.25), (0.65, 0.8)),
+    "yaw_bias": ((0.04, 0.07), (0.17, 0.22)),
+    "mimic_gain": ((0.1, 0.18), (0.42, 0.5)),
+    "mimic_lag": ((0.15, 0.25), (0.65, 0.8)),
+    "idle_amp": ((0.008, 0.013), (0.032, 0.04)),
+    "smile_gain": ((0.1, 0.25), (0.65, 0.8)),
+}
+
+# Expression directions shared by every speaker (fixed by the generator version, not the seed).
+_BASIS_RNG = np.random.default_rng(20251215)
+EXP_SCALE = (0.5 + 0.7 * np.exp(-np.arange(50) / 15.0)).astype(np.float64)  # per-component scale
+MOUTH_DIR = _BASIS_RNG.standard_normal(50) * (np.arange(50) < 20)  # mouth opening (low components)
+MOUTH_DIR /= np.linalg.norm(MOUTH_DIR) / math.sqrt(20)
+MOUTH_VEL_DIR = _BASIS_RNG.standard_normal(50) * (np.arange(50) < 30)  # opening vs closing shape
+MOUTH_VEL_DIR /= np.linalg.norm(MOUTH_VEL_DIR) / math.sqrt(30)
+SMILE_DIR = _BASIS_RNG.standard_normal(50) * (np.arange(50) < 25)
+SMILE_DIR /= np.linalg.norm(SMILE_DIR) / math.sqrt(25)
+
+
+# ----------------------------------------------------------------------------- espeak-ng
+
+
+class Espeak:
+    """libespeak-ng from the `espeakng-loader` wheel through ctypes; synthesis to memory."""
+
+    _instance: Espeak | None = None
+
+    def __init__(self):
+        try:
+            import espeakng_loader
+        except ImportError as e:
+            raise RuntimeError("timar synth needs the espeakng-loader wheel: "
+                               "pip install espeakng-loader") from e
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                          ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        data = espeakng_loader.get_data_path().encode()
+        self.rate = self.lib.espeak_Initialize(2, 0, data, 0)  # AUDIO_OUTPUT_SYNCHRONOUS
+        if self.rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed ({self.rate}) with data path {data.decode()}")
+        self._chunks: list[np.ndarray] = []
+        proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+        self._callback = proto(self._on_audio)  # keep a reference: the library holds the pointer
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    @classmethod
+    def fresh(cls) -> Espeak:
+        """A newly loaded library. libespeak-ng keeps hidden state between calls (pitch flutter,
+        noise generators, libc rand()) that survives espeak_Terminate/Initialize, so the same text can sound
+        slightly different depending on what was spoken before; unloading the library (dlclose)
+        and loading it again makes each clip's audio depend only on the clip's own calls."""
+        if cls._instance is not None:
+            import _ctypes
+
+            handle = cls._instance.lib._handle
+            cls._instance.lib.espeak_Terminate()
+            cls._instance = None
+            _ctypes.dlclose(handle)
+        cls._instance = Espeak()
+        ctypes.CDLL(None).srand(12345)  # libespeak-ng draws noise from libc rand()
+        cls._instance.lib.espeak_ng_SetRandSeed(ctypes.c_long(12345))
+        return cls._instance
+
+    def _on_audio(self, wav, n, events) -> int:
+        if n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        return 0
+
+    def synth(self, text: str, voice: str, rate_wpm: float, pitch: float) -> np.ndarray:
+        """-> float32 (N,) at 16 kHz, leading/trailing silence trimmed."""
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"espeak-ng voice not found: {voice}")
+        self.lib.espeak_SetParameter(1, int(round(rate_wpm)), 0)  # espeakRATE
+        self.lib.espeak_SetParameter(3, int(round(pitch)), 0)  # espeakPITCH
+        self._chunks = []
+        raw = text.encode()
+        err = self.lib.espeak_Synth(raw, len(raw) + 1, 0, 1, 0, 1, None, None)  # POS_CHARACTER, UTF8
+        self.lib.espeak_Synchronize()
+        if err != 0 or not self._chunks:
+            raise RuntimeError(f"espeak-ng failed ({err}) on {text!r} with voice {voice}")
+        audio = np.concatenate(self._chunks).astype(np.float64) / 32768.0
+        g = math.gcd(self.rate, SR)
+        audio = resample_poly(audio, SR // g, self.rate // g)
+        loud = np.flatnonzero(np.abs(audio) > 0.01)
+        return audio[loud[0]: loud[-1] + 1] if len(loud) else audio[:0]
+
+
+# ----------------------------------------------------------------------------- styles
+
+
+@dataclass
+class SpeakerStyle:
+    voice: str
+    rate_wpm: float
+    pitch: float
+    loudness: float
+    jaw_gain: float
+    jaw_lag: float
+    mouth_gain: float
+    beat_gain: float
+    nod_gain: float
+    nod_delay: float
+    nod_prob: float
+    backchannel_prob: float
+    yaw_bias: float
+    mimic_gain: float
+    mimic_lag: float
+    idle_amp: float
+    smile_gain: float
+
+
+def draw_style(rng: np.random.Generator, split: str) -> SpeakerStyle:
+    """Per-speaker style: train/test from TRAIN ranges and voices, ood from OOD ones."""
+    values: dict[str, float | str] = {}
+    if split == "ood":
+        values["voice"] = OOD_VOICES[rng.integers(len(OOD_VOICES))]
+        for key, intervals in OOD_RANGES.items():
+            lo, hi = intervals[rng.integers(2)]
+            values[key] = float(rng.uniform(lo, hi))
+    else:
+        values["voice"] = TRAIN_VOICES[rng.integers(len(TRAIN_VOICES))]
+        for key, (lo, hi) in TRAIN_RANGES.items():
+            values[key] = float(rng.uniform(lo, hi))
+    return SpeakerStyle(**values)
+
+
+# ----------------------------------------------------------------------------- conversation audio
+
+
+@dataclass
+class Track:
+    """One speaker's audio track and annotations (sample indices at 16 kHz)."""
+
+    audio: np.ndarray  # (N,) float64
+    phrase_ends: list[int]  # ends of sentences (speech, not backchannels)
+    speaking: np.ndarray  # (N,) bool: inside a speech or backchannel segment
+
+
+def _sentence(rng: np.random.Generator) -> str:
+    n = int(rng.integers(4, 12))
+    words = [WORDS[i] for i in rng.integers(len(WORDS), size=n)]
+    return " ".join(words) + ("?" if rng.random() < 0.2 else ".")
+
+
+def _place(track: Track, seg: np.ndarray, start: int, is_speech: bool) -> int:
+    """Mix `seg` into the track at `start`; returns the end sample (clipped to the track)."""
+    n = len(track.audio)
+    if start >= n or len(seg) == 0:
+        return min(start, n)
+    end = min(n, start + len(seg))
+    track.audio[start:end] += seg[: end - start]
+    track.speaking[start:end] = True
+    if is_speech:
+        track.phrase_ends.append(end)
+    return end
+
+
+def _level(seg: np.ndarray, loudness: float) -> np.ndarray:
+    rms = np.sqrt(np.mean(seg**2)) if len(seg) else 1.0
+    return seg * (0.08 * loudness / max(rms, 1e-6))
+
+
+def conversation_audio(rng: np.random.Generator, styles: tuple[SpeakerStyle, SpeakerStyle], seconds: float,
+                       tts: Espeak) -> tuple[Track, Track]:
+    """Alternating utterances of 1-3 sentences with pauses, interruptions and backchannels."""
+    n = int(round(seconds * SR))
+    tracks = (Track(np.zeros(n), [], np.zeros(n, bool)), Track(np.zeros(n), [], np.zeros(n, bool)))
+    spk = int(rng.integers(2))
+    t = int(rng.uniform(0.0, 0.6) * SR)
+    while t < n:
+        me, other = styles[spk], styles[1 - spk]
+        n_sent = int(rng.integers(1, 4))
+        interrupted_at = None
+        for k in range(n_sent):
+            seg = _level(tts.synth(_sentence(rng), me.voice, me.rate_wpm, me.pitch), me.loudness)
+            last = k == n_sent - 1
+            if last and rng.random() < 0.15 and len(seg) > SR:  # the partner interrupts this sentence
+                interrupted_at = t + int(len(seg) * rng.uniform(0.5, 0.8))
+                stop = min(len(seg), interrupted_at + int(0.4 * SR) - t)  # stops 0.4 s into the overlap
+                fade = min(800, stop)  # 50 ms fade-out
+                seg = seg[:stop] * np.r_[np.ones(stop - fade), np.linspace(1.0, 0.0, fade)]
+            end = _place(tracks[spk], seg, t, is_speech=True)
+            if end >= n:
+                break
+            pause = int(rng.uniform(0.3, 0.7) * SR) if not last else 0
+            # listener backchannel in the pause after a phrase (not after the last one: turn change)
+            if not last and rng.random() < other.backchannel_prob:
+                bc = _level(tts.synth(BACKCHANNELS[rng.integers(len(BACKCHANNELS))], other.voice,
+                                      other.rate_wpm, other.pitch), 0.7 * other.loudness)
+                _place(tracks[1 - spk], bc, end + int(rng.uniform(0.15, 0.35) * SR), is_speech=False)
+            t = end + pause
+        if interrupted_at is not None:
+            t = interrupted_at
+        else:
+            t += int(rng.uniform(0.2, 0.9) * SR)  # gap between turns
+        if interrupted_at is not None or rng.random() < 0.85:
+            spk = 1 - spk
+    for tr in tracks:  # microphone noise floor
+        tr.audio += 0.002 * rng.standard_normal(n)
+    return tracks
+
+
+# ----------------------------------------------------------------------------- motion rules
+
+
+def lowpass_noise(rng: np.random.Generator, shape: tuple[int, ...], cutoff_hz: float) -> np.ndarray:
+    """Unit-variance noise low-passed at `cutoff_hz` along axis 0 (25 fps)."""
+    pad = 50
+    x = rng.standard_normal((shape[0] + 2 * pad, *shape[1:]))
+    sos = butter(2, cutoff_hz / (FPS / 2), output="sos")
+    y = sosfiltfilt(sos, x, axis=0)[pad:-pad]
+    return y / np.maximum(y.std(axis=0, keepdims=True), 1e-8)
+
+
+def envelope(audio: np.ndarray) -> np.ndarray:
+    """Motion-driving speech envelope at 25 fps, in [0, ~1]: (T,).
+    e = lowpass_5Hz(tanh(max(rms - 0.004, 0) / 0.1)), rms per 640-sample frame, zero-phase filter."""
+    t = len(audio) // HOP
+    rms = np.sqrt(np.mean(audio[: t * HOP].reshape(t, HOP) ** 2, axis=1))
+    e = np.tanh(np.maximum(rms - 0.004, 0.0) / 0.1)
+    return np.maximum(sosfiltfilt(butter(2, 5.0 / (FPS / 2), output="sos"), e), 0.0)
+
+
+def delay(x: np.ndarray, frames: float) -> np.ndarray:
+    """x(t - frames) with linear interpolation; the start is held."""
+    t = np.arange(len(x), dtype=np.float64)
+    return np.interp(t - frames, t, x, left=x[0])
+
+
+def pulse(num_frames: int, times_s: list[float], amp: float, dur_s: float, double: list[bool] | None = None
+          ) -> np.ndarray:
+    """Sum of raised-cosine humps (0 -> amp -> 0 over dur_s) starting at each time: (T,)."""
+    out = np.zeros(num_frames)
+    width = max(int(round(dur_s * FPS)), 2)
+    hump = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(width) / width)
+    for i, ts in enumerate(times_s):
+        for rep in range(2 if double is not None and double[i] else 1):
+            s = int(round(ts * FPS)) + rep * width
+            if 0 <= s < num_frames:
+                e = min(num_frames, s + width)
+                out[s:e] += amp * (0.7 if rep else 1.0) * hump[: e - s]
+    return out
+
+
+def smooth(x: np.ndarray, tau_s: float) -> np.ndarray:
+    """One-pole low-pass (time constant tau_s) along axis 0."""
+    a = 1.0 - math.exp(-1.0 / (tau_s * FPS))
+    y = np.empty_like(x, dtype=np.float64)
+    acc = x[0]
+    for i in range(len(x)):
+        acc = acc + a * (x[i] - acc)
+        y[i] = acc
+    return y
+
+
+def own_head_drive(rng: np.random.Generator, style: SpeakerStyle, env: np.ndarray, speaking: np.ndarray,
+                   partner_speaking: np.ndarray, partner_phrase_ends_s: list[float], side: float
+                   ) -> np.ndarray:
+    """Head rotation (T, 3) = (pitch, yaw, roll) from one's own rules, before mirroring the partner."""
+    t = len(env)
+    head = np.zeros((t, 3))
+    # speaking beats: pitch pulses on peaks of one's own envelope
+    peaks, _ = find_peaks(env, height=0.6, distance=int(0.35 * FPS), prominence=0.25)
+    head[:, 0] += pulse(t, [p / FPS - 0.08 for p in peaks], style.beat_gain, 0.32)
+    # listener nods after the partner's phrase ends, when not speaking oneself
+    nods, double = [], []
+    for te in partner_phrase_ends_s:
+        ts = te + style.nod_delay
+        f = int(ts * FPS)
+        if f < t and not speaking[f] and rng.random() < style.nod_prob:
+            nods.append(ts)
+            double.append(bool(rng.random() < 0.3))
+    head[:, 0] += pulse(t, nods, style.nod_gain, 0.5, double)
+    # yaw towards the partner: stronger when listening
+    listening = (partner_speaking & ~speaking).astype(np.float64)
+    head[:, 1] += side * style.yaw_bias * smooth(0.6 + 0.4 * listening, 0.5)
+    # idle motion
+    head += style.idle_amp * lowpass_noise(rng, (t, 3), 0.4) * np.array([1.0, 1.0, 0.5])
+    return head
+
+
+def speaker_motion(rng: np.random.Generator, style: SpeakerStyle, env: np.ndarray, speaking: np.ndarray,
+                   partner_speaking: np.ndarray, head: np.ndarray, partner_head: np.ndarray, side: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """-> exp (T, 50), pose (T, 6) = [head rotation | jaw] in the DualTalk convention."""
+    t = len(env)
+    env_lag = delay(env, style.jaw_lag)  # (T,)
+    # jaw: opening about x follows the lagged envelope (0 .. ~0.3 rad)
+    jaw = np.zeros((t, 3))
+    jaw[:, 0] = np.clip(style.jaw_gain * env_lag + 0.005 * lowpass_noise(rng, (t,), 2.0), 0.0, 0.3)
+    jaw[:, 1:] = 0.004 * lowpass_noise(rng, (t, 2), 1.0)
+    # expression: identity offset + mouth shapes from the envelope + listening smile + idle noise
+    listening = smooth(((partner_speaking & ~speaking)).astype(np.float64), 0.8)
+    d_env = np.gradient(env_lag)
+    offset = 0.4 * rng.standard_normal(50)
+    exp = EXP_SCALE * (offset
+                       + style.mouth_gain * env_lag[:, None] * MOUTH_DIR
+                       + 2.0 * d_env[:, None] * MOUTH_VEL_DIR
+                       + style.smile_gain * listening[:, None] * SMILE_DIR
+                       + 0.6 * lowpass_noise(rng, (t, 50), 0.6))
+    # head: own drive + mirrored partner motion (pitch copied, yaw mirrored around its own bias)
+    lag = style.mimic_lag * FPS
+    mirrored = np.stack([delay(partner_head[:, 0], lag),
+                         -delay(partner_head[:, 1] - partner_head[:, 1].mean(), lag),
+                         np.zeros(t)], axis=1)
+    rot = np.clip(head + style.mimic_gain * mirrored, -0.3, 0.3)
+    pose = np.concatenate([rot, jaw], axis=1)
+    return exp.astype(np.float32), pose.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- one clip
+
+
+def _clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_ID[split], index]))
+
+
+def generate_clip(seed: int, split: str, index: int, seconds: float, tts: Espeak | None = None) -> dict:
+    """-> {"audio": (2, N) float32, "exp": [2 x (T, 50)], "pose": [2 x (T, 6)], "extra": [...], "styles"}."""
+    rng = _clip_rng(seed, split, index)
+    tts = tts or Espeak.fresh()  # clean synthesiser state per clip: output depends on the clip only
+    styles = (draw_style(rng, split), draw_style(rng, split))
+    tracks = conversation_audio(rng, styles, seconds, tts)
+    t = len(tracks[0].audio) // HOP
+    envs = [envelope(tr.audio) for tr in tracks]
+    speaking = [tr.speaking[: t * HOP].reshape(t, HOP).any(axis=1) for tr in tracks]
+    sides = (1.0, -1.0)  # speaker 1 turns right (+yaw) towards speaker 2, speaker 2 left
+    heads = [own_head_drive(rng, styles[i], envs[i], speaking[i], speaking[1 - i],
+                            [e / SR for e in tracks[1 - i].phrase_ends], sides[i]) for i in range(2)]
+    out: dict = {"audio": [], "exp": [], "pose": [], "extra": [], "styles": [asdict(s) for s in styles]}
+    for i in range(2):
+        exp, pose = speaker_motion(rng, styles[i], envs[i], speaking[i], speaking[1 - i], heads[i],
+                                   heads[1 - i], sides[i])
+        out["exp"].append(exp)
+        out["pose"].append(pose)
+        out["audio"].append(np.clip(tracks[i].audio, -1.0, 1.0).astype(np.float32))
+        out["extra"].append({  # constant FLAME identity / camera / light of this speaker
+            "shape": (0.5 * rng.standard_normal(100)).astype(np.float32),
+            "tex": (0.5 * rng.standard_normal(50)).astype(np.float32),
+            "cam": np.array([9.0 + rng.normal(0, 0.3), rng.normal(0, 0.01), rng.normal(0, 0.01)], np.float32),
+            "light": (np.r_[[[3.0, 3.0, 3.0]], 0.3 * rng.standard_normal((8, 3))]).astype(np.float32),
+        })
+    return out
+
+
+def save_npz_deterministic(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez without timestamps (fixed zip dates) so identical arrays give identical bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def write_clip(out_dir: Path, clip: str, data: dict) -> None:
+    import soundfile as sf
+
+    for i in range(2):
+        stem = out_dir / f"{clip}_speaker{i + 1}"
+        sf.write(f"{stem}.wav", data["audio"][i], SR, subtype="PCM_16")
+        save_npz_deterministic(Path(f"{stem}.npz"), exp=data["exp"][i], pose=data["pose"][i],
+                               **data["extra"][i])
+
+
+def _job(args: tuple[str, int, int, float, str]) -> dict:
+    split, index, seed, seconds, out = args
+    clip = f"{split}_{index:05d}"
+    data = generate_clip(seed, split, index, seconds)
+    write_clip(Path(out) / split, clip, data)
+    return {"clip": clip, "split": split, "styles": data["styles"]}
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def clips_for(hours: float, clip_seconds: float) -> int:
+    return max(1, int(round(hours * 3600 / clip_seconds)))
+
+
+def generate_corpus(out: str | os.PathLike, hours: float, seed: int, splits: tuple[str, ...] = SPLITS,
+                    clip_seconds: float = 20.0, workers: int = 2, eval_fraction: float = 0.1,
+                    clips: int | None = None, progress: bool = True) -> dict:
+    """Write OUT/<split>/<clip>_speaker{1,2}.{wav,npz} and OUT/manifest.json; returns the manifest.
+    `hours` sizes `train`; `test` and `ood` get `eval_fraction` of it (at least 2 clips each);
+    `clips` overrides the number of clips of every split."""
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"unknown split '{s}' (choose from {', '.join(SPLITS)})")
+    if hours <= 0 and clips is None:
+        raise ValueError(f"--hours must be > 0, got {hours}")
+    if clip_seconds < 2:
+        raise ValueError(f"--clip-seconds must be >= 2, got {clip_seconds}")
+    out = Path(out)
+    counts = {}
+    for s in splits:
+        if clips is not None:
+            counts[s] = clips
+        elif s == "train":
+            counts[s] = clips_for(hours, clip_seconds)
+        else:
+            counts[s] = max(2, clips_for(hours * eval_fraction, clip_seconds))
+    jobs = []
+    for s in splits:
+        (out / s).mkdir(parents=True, exist_ok=True)
+        jobs += [(s, i, seed, clip_seconds, str(out)) for i in range(counts[s])]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="timar synth", unit="clip", disable=not progress)
+    results = []
+    if workers <= 1:
+        for j in jobs:
+            results.append(_job(j))
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            for r in pool.imap(_job, jobs, chunksize=1):
+                results.append(r)
+                bar.update()
+    bar.close()
+    manifest = {
+        "generator": "timar_model.data.synth",
+        "version": SYNTH_VERSION,
+        "params": {"hours": hours, "seed": seed, "splits": list(splits), "clip_seconds": clip_seconds,
+                   "eval_fraction": eval_fraction, "clips": clips},
+        "sample_rate": SR, "fps": FPS,
+        "splits": {s: {"clips": counts[s], "seconds": counts[s] * clip_seconds,
+                       "voices": list(OOD_VOICES if s == "ood" else TRAIN_VOICES),
+                       "ranges": {k: v for k, v in (OOD_RANGES if s == "ood" else TRAIN_RANGES).items()}}
+                   for s in splits},
+        "clips": results,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="output directory (gets train/, test/, ood/ and manifest.json)")
+    parser.add_argument("--hours", type=float, default=1.0, help="hours of train data (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", default="train,test,ood", help="comma-separated subset of train,test,ood")
+    parser.add_argument("--clip-seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=2, help="processes (1 = in-process)")
+    parser.add_argument("--eval-fraction", type=float, default=0.1,
+                        help="size of test and ood relative to train (default 0.1)")
+    parser.add_argument("--clips", type=int, default=None, help="clips per split (overrides --hours)")
+
+
+def run(args: argparse.Namespace) -> int:
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    manifest = generate_corpus(args.out, args.hours, args.seed, splits, args.clip_seconds, args.workers,
+                               args.eval_fraction, args.clips)
+    for s, info in manifest["splits"].items():
+        print(f"{s}: {info['clips']} clips, {info['seconds'] / 3600:.2f} h -> {Path(args.out) / s}")
+    return 0
