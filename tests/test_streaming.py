@@ -1,0 +1,164 @@
+"""StreamingGenerator: flat memory, determinism, reset, window bound, input validation, normalisation."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from timar_model.config import get_preset
+from timar_model.speech import RunningAudioNorm, normalize_audio
+from timar_model.streaming import StreamingGenerator
+from timar_model.timar import TIMAR
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = get_preset(
+        "small",
+        width=64,
+        token_dim=64,
+        speech_dim=32,
+        depth=2,
+        num_heads=2,
+        diffloss_width=64,
+        diffloss_depth=2,
+        logmel_channels=32,
+        context_turns=3,
+    )
+    m = TIMAR(cfg).eval()
+    with torch.no_grad():  # non-zero head output layers so that outputs depend on the inputs
+        for p in m.diffloss.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def turns(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            rng.standard_normal(16000).astype(np.float32),
+            (0.1 * rng.standard_normal((25, 56))).astype(np.float32),
+            rng.standard_normal(16000).astype(np.float32),
+        )
+        for _ in range(n)
+    ]
+
+
+def test_contract(model):
+    gen = StreamingGenerator(model)
+    assert (gen.frames_per_turn, gen.samples_per_turn, gen.sample_rate) == (25, 16000, 16000)
+    out = gen.step(*turns(1)[0])
+    assert out.shape == (25, 56) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert set(gen.last_timings) == {"speech", "backbone", "diffusion", "total"}
+    assert all(v >= 0 for v in gen.last_timings.values())
+
+
+def test_flat_memory_over_40_turns(model):
+    gen = StreamingGenerator(model)
+    data = turns(40)
+    for x in data[:5]:
+        gen.step(*x)
+    tracemalloc.start()
+    gen.step(*data[5])
+    base, _ = tracemalloc.get_traced_memory()
+    sizes = []
+    for x in data[6:]:
+        gen.step(*x)
+        sizes.append(tracemalloc.get_traced_memory()[0])
+        assert gen.window_turns <= gen.context_turns == 3
+    tracemalloc.stop()
+    assert max(sizes) - base < 256 * 1024, f"python heap grew by {max(sizes) - base} bytes"
+    held = sum(t.numel() * t.element_size() for t in gen._turns)
+    assert held == 3 * 110 * model.config.token_dim * 4  # exactly the window's tokens
+
+
+def test_determinism_and_reset(model):
+    data = turns(6, seed=1)
+    a = StreamingGenerator(model, seed=7)
+    out_a = [a.step(*x) for x in data]
+    b = StreamingGenerator(model, seed=7)
+    out_b = [b.step(*x) for x in data]
+    np.testing.assert_array_equal(np.stack(out_a), np.stack(out_b))
+    a.reset()
+    assert a.window_turns == 0
+    np.testing.assert_array_equal(np.stack([a.step(*x) for x in data]), np.stack(out_a))
+    c = StreamingGenerator(model, seed=8)
+    assert not np.allclose(c.step(*data[0]), out_a[0])
+
+
+def test_explicit_noise_overrides_generator(model):
+    x = turns(1)[0]
+    noise = torch.randn(6, 25, 56, generator=torch.Generator().manual_seed(0))
+    outs = [StreamingGenerator(model, seed=s).step(*x, noise=noise) for s in (0, 1)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="noise"):
+        StreamingGenerator(model).step(*x, noise=noise[:, :3])
+
+
+def test_output_depends_on_window_only(model):
+    """mask_history_agent: after the window slides, turns older than the window no longer matter."""
+    data = turns(8, seed=2)
+    other = turns(2, seed=3) + data[2:]
+    noise = torch.randn(6, 25, 56, generator=torch.Generator().manual_seed(0))
+    g1, g2 = StreamingGenerator(model), StreamingGenerator(model)
+    for x, y in zip(data[:-1], other[:-1]):
+        g1.step(*x)
+        g2.step(*y)
+    np.testing.assert_allclose(g1.step(*data[-1], noise=noise), g2.step(*other[-1], noise=noise), atol=1e-5)
+
+
+def test_context_and_steps_overrides(model):
+    gen = StreamingGenerator(model, context_turns=2, num_sampling_steps=3, temperature=0.5)
+    for x in turns(4):
+        gen.step(*x)
+    assert gen.window_turns == 2
+    assert gen.diffusion.num_timesteps == 3
+    with pytest.raises(ValueError, match="context_turns"):
+        StreamingGenerator(model, context_turns=4)
+    with pytest.raises(ValueError, match="dtype"):
+        StreamingGenerator(model, dtype="float16x")
+
+
+def test_bad_inputs_are_rejected(model):
+    gen = StreamingGenerator(model)
+    us, um, ag = turns(1)[0]
+    with pytest.raises(ValueError, match="user_speech.*shape"):
+        gen.step(us[:-1], um, ag)
+    with pytest.raises(ValueError, match="user_motion.*shape"):
+        gen.step(us, um[:, :50], ag)
+    with pytest.raises(ValueError, match="agent_speech.*NaN"):
+        bad = ag.copy()
+        bad[5] = np.nan
+        gen.step(us, um, bad)
+    assert gen.window_turns == 0  # rejected turns leave no trace
+
+
+def test_bfloat16_runs(model):
+    out = StreamingGenerator(model, dtype="bfloat16").step(*turns(1)[0])
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_audio_normalisation_modes():
+    rng = np.random.default_rng(0)
+    x = (3 + 2 * rng.standard_normal(48000)).astype(np.float32)
+    f = normalize_audio(x, "file")
+    assert abs(f.mean()) < 1e-4 and abs(f.std() - 1) < 1e-3
+    t = normalize_audio(x, "turn")
+    for k in range(3):
+        seg = t[k * 16000 : (k + 1) * 16000]
+        assert abs(seg.mean()) < 1e-4 and abs(seg.std() - 1) < 1e-3
+    r = normalize_audio(x, "running")
+    norm = RunningAudioNorm()
+    chunks = [norm(x[k * 16000 : (k + 1) * 16000]) for k in range(3)]
+    np.testing.assert_allclose(np.concatenate(chunks), r, atol=1e-6)
+    # causal: the first turn's output does not depend on later audio
+    y = x.copy()
+    y[16000:] *= 10
+    np.testing.assert_array_equal(normalize_audio(y, "running")[:16000], r[:16000])
+    np.testing.assert_allclose(r[32000:], (x[32000:] - x.mean()) / x.std(), atol=1e-3)
+    with pytest.raises(ValueError, match="mode"):
+        normalize_audio(x, "global")

@@ -1,0 +1,283 @@
+"""TimarConfig: every setting of a TIMAR model, with named presets.
+
+Presets:
+  reference-tiny  the settings of ../shared/reference/timar_tiny (parity fixture), tiny wav2vec2 inside
+  small           our CPU default: width 256, 6 blocks, diffusion head 3 x 256, built-in log-mel front-end
+  base            24 x 768 (12 heads), wav2vec2-large speech features (1024-d)
+  large           the published model: 32 x 1024 (16 heads), token 1024, diffusion head 3 x 1024
+  huge            40 x 1280 (16 heads)
+
+A turn is `frames_per_turn` motion frames (25 = 1 s at 25 fps) and `samples_per_turn` audio samples; the
+context window holds `context_turns` turns of `4 * frames_per_turn + 10` tokens each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NUM_SPECIAL_TOKENS = 10
+MOTION_DIM = 56
+
+_CHOICES = {
+    "attention": ("turn_causal", "bidirectional"),
+    "backbone": ("encoder_only", "encoder_decoder"),
+    "head": ("diffusion", "mlp"),
+    "speech_encoder": ("wav2vec2", "hubert", "logmel"),
+    "audio_norm": ("file", "turn", "running"),
+    "noise_schedule": ("cosine", "linear"),
+}
+
+
+@dataclass
+class TimarConfig:
+    name: str = "custom"
+    # --- time ---
+    motion_fps: int = 25
+    sample_rate: int = 16000
+    frames_per_turn: int = 25  # F: motion frames per turn (chunk_second * motion_fps)
+    context_turns: int = 8  # window length in turns (max_context_time / chunk_second)
+    motion_dim: int = MOTION_DIM
+    # --- tokens ---
+    token_dim: int = 256  # token_embed_dim
+    speech_dim: int = 256  # speech encoder output size (speech_snippet_embed_dim)
+    # --- backbone ---
+    width: int = 256  # encoder_embed_dim
+    depth: int = 6  # blocks of the encoder (encoder-only: all blocks; public: encoder_depth + decoder_depth)
+    num_heads: int = 4
+    decoder_width: int = 256  # encoder_decoder ablation only
+    decoder_depth: int = 0  # encoder_decoder ablation only
+    decoder_num_heads: int = 4
+    mlp_ratio: float = 4.0
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    norm_eps: float = 1e-6
+    attention: str = "turn_causal"
+    backbone: str = "encoder_only"
+    # --- training ---
+    mask_ratio_min: float = 0.7
+    cond_drop_prob: float = 0.1
+    # --- head ---
+    head: str = "diffusion"
+    diffloss_depth: int = 3
+    diffloss_width: int = 256
+    num_sampling_steps: str = "5"
+    noise_schedule: str = "cosine"
+    diffusion_batch_mul: int = 4
+    temperature: float = 1.0
+    cfg: float = 1.0
+    # --- speech front-end ---
+    speech_encoder: str = "logmel"
+    speech_encoder_config: dict[str, Any] | None = None  # transformers config dict (wav2vec2 / hubert)
+    logmel_n_mels: int = 80
+    logmel_channels: int = 256
+    audio_norm: str = "turn"  # causal substitute for the published whole-file normalisation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, allowed in _CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ValueError(f"TimarConfig.{key}={value!r}; expected one of {allowed}")
+        if self.width % self.num_heads:
+            raise ValueError(f"TimarConfig: width {self.width} not divisible by num_heads {self.num_heads}")
+        if self.sample_rate % self.motion_fps:
+            raise ValueError("TimarConfig: sample_rate must be a multiple of motion_fps")
+        if self.frames_per_turn < 1 or self.context_turns < 1:
+            raise ValueError("TimarConfig: frames_per_turn and context_turns must be >= 1")
+        if self.speech_encoder in ("wav2vec2", "hubert") and self.speech_encoder_config is None:
+            raise ValueError(
+                f"TimarConfig: speech_encoder={self.speech_encoder!r} needs speech_encoder_config"
+            )
+        if self.backbone == "encoder_decoder" and self.decoder_depth < 1:
+            raise ValueError("TimarConfig: backbone='encoder_decoder' needs decoder_depth >= 1")
+
+    # derived sizes
+    @property
+    def samples_per_turn(self) -> int:
+        return self.frames_per_turn * self.sample_rate // self.motion_fps
+
+    @property
+    def tokens_per_turn(self) -> int:
+        return 4 * self.frames_per_turn + NUM_SPECIAL_TOKENS
+
+    @property
+    def seq_len(self) -> int:
+        return self.context_turns * self.tokens_per_turn
+
+    @property
+    def head_width(self) -> int:
+        """Width of the backbone output z that conditions the head."""
+        return self.decoder_width if self.backbone == "encoder_decoder" else self.width
+
+    # serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TimarConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TimarConfig.from_dict: unknown keys {unknown}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        else:
+            path.write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TimarConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"TimarConfig.load: no such file {path}")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(path.read_text())
+        else:
+            d = json.loads(path.read_text())
+        if not isinstance(d, dict):
+            raise ValueError(f"TimarConfig.load: {path} does not hold a mapping")
+        return cls.from_dict(d)
+
+    def replace(self, **changes: Any) -> TimarConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# The tiny wav2vec2 of the reference fixture (stable layer norm, like wav2vec2-large-lv60).
+REFERENCE_TINY_WAV2VEC2: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": [32] * 7,
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_bias": True,
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": True,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "feat_proj_dropout": 0.0,
+    "layerdrop": 0.0,
+    "apply_spec_augment": False,
+}
+
+# facebook/wav2vec2-large-960h-lv60-self architecture (weights come from a local folder).
+WAV2VEC2_LARGE_LV60: dict[str, Any] = {
+    "model_type": "wav2vec2",
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "intermediate_size": 4096,
+    "conv_dim": [512] * 7,
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_bias": True,
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": True,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "hidden_dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.1,
+    "feat_proj_dropout": 0.1,
+    "layerdrop": 0.1,
+    "apply_spec_augment": True,
+}
+
+
+def _presets() -> dict[str, TimarConfig]:
+    published = dict(
+        speech_encoder="wav2vec2",
+        speech_encoder_config=WAV2VEC2_LARGE_LV60,
+        speech_dim=1024,
+        token_dim=1024,
+        audio_norm="turn",
+        diffloss_depth=3,
+        diffloss_width=1024,
+    )
+    return {
+        "reference-tiny": TimarConfig(
+            name="reference-tiny",
+            context_turns=4,
+            token_dim=64,
+            speech_dim=32,
+            width=64,
+            depth=4,  # encoder_depth 2 + decoder_depth 2, use_encoder_only
+            num_heads=4,
+            decoder_width=64,
+            decoder_num_heads=4,
+            diffloss_depth=2,
+            diffloss_width=64,
+            speech_encoder="wav2vec2",
+            speech_encoder_config=dict(REFERENCE_TINY_WAV2VEC2),
+            audio_norm="file",
+        ),
+        "small": TimarConfig(
+            name="small",
+            token_dim=256,
+            speech_dim=256,
+            width=256,
+            depth=6,
+            num_heads=4,
+            decoder_width=256,
+            diffloss_depth=3,
+            diffloss_width=256,
+            speech_encoder="logmel",
+            logmel_n_mels=80,
+            logmel_channels=256,
+            audio_norm="turn",
+        ),
+        "base": TimarConfig(
+            name="base",
+            width=768,
+            depth=24,
+            num_heads=12,
+            decoder_width=768,
+            decoder_num_heads=12,
+            **published,
+        ),
+        "large": TimarConfig(
+            name="large",
+            width=1024,
+            depth=32,
+            num_heads=16,
+            decoder_width=1024,
+            decoder_num_heads=16,
+            **published,
+        ),
+        "huge": TimarConfig(
+            name="huge",
+            width=1280,
+            depth=40,
+            num_heads=16,
+            decoder_width=1280,
+            decoder_num_heads=16,
+            **published,
+        ),
+    }
+
+
+PRESETS = tuple(_presets())
+
+
+def get_preset(name: str, **overrides: Any) -> TimarConfig:
+    """A fresh TimarConfig for preset `name` (see PRESETS), with optional field overrides."""
+    presets = _presets()
+    if name not in presets:
+        raise ValueError(f"get_preset: unknown preset {name!r}; known: {', '.join(presets)}")
+    cfg = presets[name]
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,194 @@
+"""StreamingGenerator: push one turn (user speech, user motion, agent speech) -> the agent's motion for it.
+
+Per turn: normalise the audio causally, encode the turn's user speech and agent speech (one speech-encoder
+call, batch of 2) and user motion into the turn's 4F + 10 tokens, append them to a window of at most
+`context_turns` turns (left crop), mask ALL agent-motion positions of the window (mask_history_agent: the
+model never conditions on its own outputs), run the backbone once, and sample only the current turn's F agent
+positions with the diffusion head. Memory is flat: only the window's token tensors are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .diffusion import create_diffusion
+from .speech import RunningAudioNorm, _zero_mean_unit_var
+from .timar import AGENT_MOTION, TIMAR
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class StreamingGenerator:
+    def __init__(
+        self,
+        model: TIMAR,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+        context_turns: int | None = None,
+        num_sampling_steps: int | str | None = None,
+        temperature: float | None = None,
+        seed: int | None = 0,
+        audio_norm: str | None = None,
+    ):
+        cfg = model.config
+        if dtype not in DTYPES:
+            raise ValueError(f"StreamingGenerator: dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.model = model.to(self.device).eval()
+        self.config = cfg
+        self.context_turns = cfg.context_turns if context_turns is None else int(context_turns)
+        if not 1 <= self.context_turns <= cfg.context_turns:
+            raise ValueError(
+                f"StreamingGenerator: context_turns must be in [1, {cfg.context_turns}] "
+                f"(the model's position table), got {context_turns}"
+            )
+        self.temperature = cfg.temperature if temperature is None else float(temperature)
+        self.diffusion = None
+        if num_sampling_steps is not None and cfg.head == "diffusion":
+            self.diffusion = create_diffusion(str(num_sampling_steps), cfg.noise_schedule)
+        self.audio_norm = audio_norm or ("turn" if cfg.audio_norm == "file" else cfg.audio_norm)
+        if self.audio_norm not in ("turn", "running", "none"):
+            raise ValueError(
+                f"StreamingGenerator: audio_norm {self.audio_norm!r} is not causal; "
+                "use 'turn', 'running' or 'none' (input already normalised)"
+            )
+        self.seed = seed
+        F = cfg.frames_per_turn
+        types = model.turn_types.to(self.device)
+        self._agent_pos = (types == AGENT_MOTION).nonzero().squeeze(1)  # (F,) positions in a turn
+        assert len(self._agent_pos) == F
+        self.last_timings: dict[str, float] = {}
+        self.reset()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        context_turns: int | None = None,
+        num_sampling_steps: int | str | None = None,
+        temperature: float | None = None,
+        seed: int | None = 0,
+        audio_norm: str | None = None,
+    ) -> StreamingGenerator:
+        from .checkpoint import load_pretrained
+
+        return cls(
+            load_pretrained(path, device="cpu"),
+            device=device,
+            dtype=dtype,
+            context_turns=context_turns,
+            num_sampling_steps=num_sampling_steps,
+            temperature=temperature,
+            seed=seed,
+            audio_norm=audio_norm,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def frames_per_turn(self) -> int:
+        return self.config.frames_per_turn
+
+    @property
+    def samples_per_turn(self) -> int:
+        return self.config.samples_per_turn
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def window_turns(self) -> int:
+        """Number of turns currently in the window (<= context_turns)."""
+        return len(self._turns)
+
+    def reset(self) -> None:
+        """Forget the conversation: empty window, fresh audio statistics, generator re-seeded."""
+        self._turns: deque[torch.Tensor] = deque(maxlen=self.context_turns)
+        self._norm = {"user": RunningAudioNorm(), "agent": RunningAudioNorm()}
+        self.generator = torch.Generator(device=self.device)
+        if self.seed is not None:
+            self.generator.manual_seed(int(self.seed))
+        else:
+            self.generator.seed()
+        self.turn_index = 0
+
+    # ------------------------------------------------------------------ one turn
+    def _check(self, name: str, x, shape: tuple[int, ...]) -> np.ndarray:
+        x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+        if x.shape != shape:
+            raise ValueError(f"StreamingGenerator.step: {name} must have shape {shape}, got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"StreamingGenerator.step: {name} contains NaN or Inf")
+        return x
+
+    def _normalise(self, who: str, audio: np.ndarray) -> np.ndarray:
+        if self.audio_norm == "turn":
+            return _zero_mean_unit_var(audio)
+        if self.audio_norm == "running":
+            return self._norm[who](audio)
+        return audio
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def step(self, user_speech, user_motion, agent_speech, noise: torch.Tensor | None = None) -> np.ndarray:
+        """user_speech, agent_speech (samples_per_turn,) float32 raw audio; user_motion (F, 56).
+        noise: optional explicit Gaussian draws (steps + 1, F, 56). Returns agent motion (F, 56) float32."""
+        F, S = self.frames_per_turn, self.samples_per_turn
+        us = self._check("user_speech", user_speech, (S,))
+        um = self._check("user_motion", user_motion, (F, self.config.motion_dim))
+        ag = self._check("agent_speech", agent_speech, (S,))
+        m = self.model
+        t0 = time.perf_counter()
+        audio = torch.from_numpy(np.stack([self._normalise("user", us), self._normalise("agent", ag)]))
+        with self._autocast():
+            sp = m.encode_speech(audio.to(self.device))  # (2, F, D)
+            mo = m.encode_motion(torch.from_numpy(um).to(self.device)[None])  # (1, F, D)
+            turn = m.interleave(sp[:1], mo, sp[1:]).float()  # (1, 4F + 10, D)
+        self._turns.append(turn)
+        self._sync()
+        t1 = time.perf_counter()
+        tokens = torch.cat(list(self._turns), dim=1)  # (1, T, D), T = turns * (4F + 10)
+        T = tokens.shape[1]
+        mask = m.window_types(T, self.device) == AGENT_MOTION  # every agent position of the window
+        out_index = self._agent_pos + (T - m.tokens_per_turn)  # current turn's agent positions
+        with self._autocast():
+            z = m.forward_backbone(tokens, mask, out_index=out_index)[0].float()  # (F, Wz)
+        self._sync()
+        t2 = time.perf_counter()
+        with self._autocast():
+            motion = m.sample_positions(
+                z,
+                temperature=self.temperature,
+                noise=noise,
+                generator=self.generator,
+                diffusion=self.diffusion,
+            )  # (F, 56)
+        out = motion.float().cpu().numpy()
+        t3 = time.perf_counter()
+        self.last_timings = {"speech": t1 - t0, "backbone": t2 - t1, "diffusion": t3 - t2, "total": t3 - t0}
+        self.turn_index += 1
+        return out
+
+    @torch.no_grad()
+    def window_backbone(self) -> torch.Tensor:
+        """Full backbone output (T, Wz) of the current window (all agent positions masked); for inspection."""
+        tokens = torch.cat(list(self._turns), dim=1)
+        mask = self.model.window_types(tokens.shape[1], self.device) == AGENT_MOTION
+        return self.model.forward_backbone(tokens, mask)[0]
