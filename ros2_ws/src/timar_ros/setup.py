@@ -29,6 +29,12 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "agent = timar_ros.agent:main",
+            "audio_capture = timar_ros.audio_capture:main",
+            "head_bridge = timar_ros.head_bridge:main",
+            "conversation_player = timar_ros.conversation_player:main",
+            "bag_recorder = timar_ros.bag_recorder:main",
+            "timar_run = timar_ros.runner:main",
         ],
     },
 )

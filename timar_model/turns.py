@@ -1,0 +1,460 @@
+"""Live turn assembly: stamped audio chunks and motion frames in, complete 1 s turns out.
+
+Plain Python + numpy (no ROS), so the ROS agent node only converts messages and calls this.
+
+Timeline: t0 = the first stamp of a user stream (or `set_origin`). Turn k covers [t0 + k, t0 + k + 1) s.
+Audio sample n of the timeline sits at t0 + n / 16000, motion frame f at t0 + f / 25.
+A turn is emitted (in order, each exactly once) when
+  - both audio streams and the user motion cover its end (streams declared absent are not waited for), or
+  - `poll(now)` is called with now >= turn end + deadline (missing audio -> silence, missing motion -> the
+    last frame is held; both counted).
+Data for an already emitted turn is dropped and counted ("late"). A stamp jumping backwards by more than
+`max_jump_back` s or forwards by more than `max_jump_forward` s on any stream resets the timeline (the
+`epoch` of later turns increases; the model's context should be reset with it).
+Memory is bounded: buffers exist only for turns in [next turn, next turn + max_buffered_turns).
+
+`MotionPlayer` turns a generated turn into display-stamped frames: frame i of a turn that starts at
+`start` is shown at start + i / 25 + output_delay and released for publishing at that stamp - publish_lead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from math import gcd
+
+import numpy as np
+from scipy.signal import resample_poly
+
+MOTION_DIM = 56
+
+
+@dataclass
+class AssemblerConfig:
+    sample_rate: int = 16000  # samples per second of the emitted speech
+    fps: int = 25  # motion frames per second
+    turn_seconds: int = 1  # one turn = 1 s
+    deadline: float = 0.08  # s after a turn's end when it is emitted even if incomplete
+    expect_agent_audio: bool = False  # wait for agent audio to cover a turn (else absent = silence)
+    expect_user_motion: bool = True  # wait for user motion to cover a turn (else hold last frame)
+    jitter_tolerance: float = 0.005  # s; an audio chunk starting this close to the previous end is contiguous
+    max_jump_back: float = 1.0  # s; larger backward stamp jumps reset the timeline
+    max_jump_forward: float = 10.0  # s; larger forward stamp jumps reset the timeline
+    max_buffered_turns: int = 16  # data further ahead than this many turns is dropped (memory bound)
+    idle_timeout: float = 3.0  # s; no deadline emission for turns ending this long after the last user data
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.fps <= 0 or self.turn_seconds <= 0:
+            raise ValueError("AssemblerConfig: sample_rate, fps and turn_seconds must be positive")
+        if self.deadline < 0 or self.jitter_tolerance < 0:
+            raise ValueError("AssemblerConfig: deadline and jitter_tolerance must be >= 0")
+        if self.max_buffered_turns < 1:
+            raise ValueError("AssemblerConfig: max_buffered_turns must be >= 1")
+
+    @property
+    def samples_per_turn(self) -> int:
+        return self.sample_rate * self.turn_seconds
+
+    @property
+    def frames_per_turn(self) -> int:
+        return self.fps * self.turn_seconds
+
+
+@dataclass
+class AssemblerCounters:
+    """Running totals since construction (a timeline reset does not clear them)."""
+
+    audio_chunks: int = 0
+    motion_frames: int = 0
+    gaps: int = 0  # audio chunks starting after the previous end (beyond the jitter tolerance)
+    gap_seconds: float = 0.0
+    overlaps: int = 0  # chunks/frames writing over data already received
+    out_of_order: int = 0  # chunks/frames stamped before the previous one of their stream
+    late_drops: int = 0  # chunks/frames (partly) for turns already emitted
+    too_far_ahead: int = 0  # chunks/frames (partly) beyond the buffered window
+    resampled_chunks: int = 0
+    clock_jumps: int = 0
+    rejected: int = 0  # malformed input (wrong shape, non-finite values, bad rate/channels)
+    complete_turns: int = 0
+    deadline_turns: int = 0
+    silence_filled_samples: int = 0
+    held_motion_frames: int = 0
+
+
+@dataclass
+class TurnStats:
+    reason: str  # "complete" | "deadline"
+    user_audio_missing: int  # samples filled with silence
+    agent_audio_missing: int
+    user_motion_missing: int  # frames filled by holding the last frame
+
+
+@dataclass
+class Turn:
+    index: int  # turn index on the current timeline (0 = first turn after t0 / the last reset)
+    epoch: int  # number of timeline resets before this turn
+    start_time: float  # t0 + index (seconds, same clock as the stamps)
+    user_speech: np.ndarray  # (samples_per_turn,) float32, raw (not normalised)
+    user_motion: np.ndarray  # (frames_per_turn, 56) float32
+    agent_speech: np.ndarray  # (samples_per_turn,) float32
+    stats: TurnStats
+
+
+class InputError(ValueError):
+    """A malformed chunk or frame (it is counted in `counters.rejected` and not used)."""
+
+
+def to_mono_16k(data: np.ndarray, sample_rate: int, channels: int, target_rate: int = 16000) -> np.ndarray:
+    """Interleaved samples (N * channels,) at sample_rate -> mono float32 at target_rate."""
+    if channels < 1:
+        raise InputError(f"audio chunk: channels must be >= 1, got {channels}")
+    if sample_rate <= 0:
+        raise InputError(f"audio chunk: sample_rate must be > 0, got {sample_rate}")
+    x = np.asarray(data, dtype=np.float32).reshape(-1)
+    if x.size % channels:
+        raise InputError(f"audio chunk: {x.size} samples is not a multiple of channels={channels}")
+    if not np.all(np.isfinite(x)):
+        raise InputError("audio chunk: contains NaN or infinite samples")
+    x = x.reshape(-1, channels).mean(axis=1)  # (N,)
+    if sample_rate != target_rate:
+        g = gcd(int(sample_rate), int(target_rate))
+        x = resample_poly(x, target_rate // g, int(sample_rate) // g).astype(np.float32)
+    return x.astype(np.float32, copy=False)
+
+
+class _Stream:
+    """Per-stream bookkeeping: high-water mark (in timeline units) and the previous stamp."""
+
+    def __init__(self) -> None:
+        self.end: int | None = None  # one past the last sample/frame index received
+        self.last_stamp: float | None = None
+
+
+class TurnAssembler:
+    def __init__(self, config: AssemblerConfig | None = None, origin: float | None = None) -> None:
+        self.config = config or AssemblerConfig()
+        self.counters = AssemblerCounters()
+        self.epoch = 0
+        self._reset_timeline(origin)
+
+    # ---------------------------------------------------------------- timeline
+    def _reset_timeline(self, origin: float | None) -> None:
+        self.origin: float | None = origin
+        self.next_index = 0  # the next turn to emit
+        self._user_audio = _Stream()
+        self._agent_audio = _Stream()
+        self._motion = _Stream()
+        # turn index -> (buffer, filled mask)
+        self._ua: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._aa: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._um: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._last_motion = np.zeros(MOTION_DIM, dtype=np.float32)  # held frame (neutral before any data)
+        self._pending_agent: list[tuple[float, np.ndarray]] = []  # agent audio before the origin exists
+        self._last_user_time: float | None = None  # end time of the latest user data (for idle_timeout)
+
+    def set_origin(self, t0: float) -> None:
+        """Fix t0 explicitly (otherwise the first user audio/motion stamp). Clears all buffered data."""
+        self._reset_timeline(float(t0))
+        self._flush_pending_agent()
+
+    def reset(self) -> None:
+        """Forget the timeline (next user data defines a new t0). Starts a new epoch."""
+        self.epoch += 1
+        self._reset_timeline(None)
+
+    def turn_start(self, index: int) -> float:
+        if self.origin is None:
+            raise RuntimeError("TurnAssembler: no origin yet (no user data and no set_origin)")
+        return self.origin + index * self.config.turn_seconds
+
+    @property
+    def buffered_turns(self) -> int:
+        return len(set(self._ua) | set(self._aa) | set(self._um))
+
+    def _check_jump(self, stream: _Stream, stamp: float) -> bool:
+        """True (and the timeline is reset) when the stamp jumps beyond the configured bounds."""
+        last = stream.last_stamp
+        if last is not None and (
+            stamp < last - self.config.max_jump_back or stamp > last + self.config.max_jump_forward
+        ):
+            self.counters.clock_jumps += 1
+            self.epoch += 1
+            self._reset_timeline(None)
+            return True
+        return False
+
+    def _ensure_origin(self, stamp: float) -> None:
+        if self.origin is None:
+            self.origin = float(stamp)
+            self._flush_pending_agent()
+
+    # ---------------------------------------------------------------- inputs
+    def add_user_audio(
+        self, stamp: float, data: np.ndarray, sample_rate: int = 16000, channels: int = 1
+    ) -> None:
+        """Audio chunk whose first sample is at `stamp` (s). Raises InputError for malformed chunks."""
+        x = self._prepare_audio(stamp, data, sample_rate, channels)
+        self._check_jump(self._user_audio, stamp)
+        self._ensure_origin(stamp)
+        self._write_audio(self._user_audio, self._ua, stamp, x)
+        end_time = stamp + x.size / self.config.sample_rate
+        self._note_user_time(end_time)
+
+    def add_agent_audio(
+        self, stamp: float, data: np.ndarray, sample_rate: int = 16000, channels: int = 1
+    ) -> None:
+        """The agent's own speech; may arrive early with future stamps."""
+        x = self._prepare_audio(stamp, data, sample_rate, channels)
+        if self._check_jump(self._agent_audio, stamp):
+            self._agent_audio.last_stamp = stamp
+        if self.origin is None:
+            # keep it until a user stream defines t0; bounded to max_buffered_turns of audio
+            self._pending_agent.append((float(stamp), x))
+            budget = self.config.max_buffered_turns * self.config.samples_per_turn
+            while sum(c.size for _, c in self._pending_agent) > budget:
+                self._pending_agent.pop(0)
+                self.counters.too_far_ahead += 1
+            return
+        self._write_audio(self._agent_audio, self._aa, stamp, x)
+
+    def add_user_motion(self, stamp: float, frame: np.ndarray) -> None:
+        """One 56-d motion frame [expression 50 | jaw 3 | head rotation 3] captured at `stamp`."""
+        f = np.asarray(frame, dtype=np.float32).reshape(-1)
+        if f.size != MOTION_DIM:
+            self.counters.rejected += 1
+            raise InputError(f"user motion frame: expected {MOTION_DIM} values, got {f.size}")
+        if not np.all(np.isfinite(f)):
+            self.counters.rejected += 1
+            raise InputError("user motion frame: contains NaN or infinite values")
+        self._check_jump(self._motion, stamp)
+        self._ensure_origin(stamp)
+        cfg = self.config
+        self.counters.motion_frames += 1
+        s = self._motion
+        if s.last_stamp is not None and stamp < s.last_stamp:
+            self.counters.out_of_order += 1
+        s.last_stamp = stamp
+        idx = int(round((stamp - self.origin) * cfg.fps))
+        turn, i = divmod(idx, cfg.frames_per_turn)
+        s.end = max(s.end if s.end is not None else idx + 1, idx + 1)
+        end_time = self.origin + (idx + 1) / cfg.fps
+        self._note_user_time(end_time)
+        if turn < self.next_index:
+            self.counters.late_drops += 1
+            return
+        if turn >= self.next_index + cfg.max_buffered_turns:
+            self.counters.too_far_ahead += 1
+            return
+        fpt = cfg.frames_per_turn
+        buf, mask = self._um.setdefault(turn, (np.zeros((fpt, MOTION_DIM), np.float32), np.zeros(fpt, bool)))
+        if mask[i]:
+            self.counters.overlaps += 1
+        buf[i] = f
+        mask[i] = True
+
+    def _note_user_time(self, end_time: float) -> None:
+        if self._last_user_time is None or end_time > self._last_user_time:
+            self._last_user_time = end_time
+
+    def _prepare_audio(self, stamp: float, data: np.ndarray, sample_rate: int, channels: int) -> np.ndarray:
+        if not np.isfinite(stamp):
+            self.counters.rejected += 1
+            raise InputError(f"audio chunk: stamp must be finite, got {stamp}")
+        try:
+            x = to_mono_16k(data, sample_rate, channels, self.config.sample_rate)
+        except InputError:
+            self.counters.rejected += 1
+            raise
+        if sample_rate != self.config.sample_rate:
+            self.counters.resampled_chunks += 1
+        self.counters.audio_chunks += 1
+        return x
+
+    def _flush_pending_agent(self) -> None:
+        pending, self._pending_agent = self._pending_agent, []
+        for stamp, x in pending:
+            self._write_audio(self._agent_audio, self._aa, stamp, x)
+
+    def _write_audio(
+        self, stream: _Stream, buffers: dict[int, tuple[np.ndarray, np.ndarray]], stamp: float, x: np.ndarray
+    ) -> None:
+        cfg = self.config
+        spt = cfg.samples_per_turn
+        if stream.last_stamp is not None and stamp < stream.last_stamp:
+            self.counters.out_of_order += 1
+        stream.last_stamp = stamp
+        start = int(round((stamp - self.origin) * cfg.sample_rate))
+        if stream.end is not None:
+            tol = int(round(cfg.jitter_tolerance * cfg.sample_rate))
+            if abs(start - stream.end) <= tol:
+                start = stream.end  # contiguous up to stamp jitter
+            elif start > stream.end:
+                self.counters.gaps += 1
+                self.counters.gap_seconds += (start - stream.end) / cfg.sample_rate
+        end = start + x.size
+        stream.end = end if stream.end is None else max(stream.end, end)
+        if x.size == 0:
+            return
+        lo_allowed = self.next_index * spt
+        hi_allowed = (self.next_index + cfg.max_buffered_turns) * spt
+        if start < lo_allowed:
+            self.counters.late_drops += 1
+        if end > hi_allowed:
+            self.counters.too_far_ahead += 1
+        a, b = max(start, lo_allowed), min(end, hi_allowed)
+        overlapped = False
+        n = a
+        while n < b:  # split the chunk over the turns it spans
+            turn, off = divmod(n, spt)
+            m = min(b - n, spt - off)
+            buf, mask = buffers.setdefault(turn, (np.zeros(spt, np.float32), np.zeros(spt, bool)))
+            overlapped |= bool(mask[off : off + m].any())
+            buf[off : off + m] = x[n - start : n - start + m]
+            mask[off : off + m] = True
+            n += m
+        if overlapped:
+            self.counters.overlaps += 1
+
+    # ---------------------------------------------------------------- output
+    def _covered(self, stream: _Stream, units_per_turn: int, k: int) -> bool:
+        return stream.end is not None and stream.end >= (k + 1) * units_per_turn
+
+    def _is_complete(self, k: int) -> bool:
+        cfg = self.config
+        if not self._covered(self._user_audio, cfg.samples_per_turn, k):
+            return False
+        if cfg.expect_agent_audio and not self._covered(self._agent_audio, cfg.samples_per_turn, k):
+            return False
+        if cfg.expect_user_motion and not self._covered(self._motion, cfg.frames_per_turn, k):
+            return False
+        return True
+
+    def poll(self, now: float | None = None) -> list[Turn]:
+        """Emit every turn that is complete, or (with `now`, same clock as the stamps) past its deadline."""
+        out: list[Turn] = []
+        if self.origin is None:
+            return out
+        cfg = self.config
+        while True:
+            k = self.next_index
+            end_time = self.turn_start(k) + cfg.turn_seconds
+            if self._is_complete(k):
+                reason = "complete"
+            elif (
+                now is not None
+                and now >= end_time + cfg.deadline
+                and self._last_user_time is not None
+                and end_time <= self._last_user_time + cfg.idle_timeout
+            ):
+                reason = "deadline"
+            else:
+                break
+            out.append(self._emit(k, reason))
+        return out
+
+    def _emit(self, k: int, reason: str) -> Turn:
+        cfg = self.config
+        spt, fpt = cfg.samples_per_turn, cfg.frames_per_turn
+        ua, ua_mask = self._ua.pop(k, (np.zeros(spt, np.float32), np.zeros(spt, bool)))
+        aa, aa_mask = self._aa.pop(k, (np.zeros(spt, np.float32), np.zeros(spt, bool)))
+        um, um_mask = self._um.pop(k, (np.zeros((fpt, MOTION_DIM), np.float32), np.zeros(fpt, bool)))
+        motion = np.empty((fpt, MOTION_DIM), np.float32)
+        for i in range(fpt):  # hold the last frame where a frame is missing
+            if um_mask[i]:
+                self._last_motion = um[i]
+            motion[i] = self._last_motion
+        stats = TurnStats(
+            reason=reason,
+            user_audio_missing=int(spt - ua_mask.sum()),
+            agent_audio_missing=int(spt - aa_mask.sum()),
+            user_motion_missing=int(fpt - um_mask.sum()),
+        )
+        self.counters.silence_filled_samples += stats.user_audio_missing
+        self.counters.held_motion_frames += stats.user_motion_missing
+        if reason == "complete":
+            self.counters.complete_turns += 1
+        else:
+            self.counters.deadline_turns += 1
+        self.next_index = k + 1
+        return Turn(k, self.epoch, self.turn_start(k), ua, motion, aa, stats)
+
+    def counters_dict(self) -> dict[str, float]:
+        return asdict(self.counters)
+
+
+# -------------------------------------------------------------------- player
+@dataclass
+class ScheduledFrame:
+    turn_index: int
+    frame_index: int
+    stamp: float  # display time (s)
+    motion: np.ndarray  # (56,) float32
+
+
+@dataclass
+class PlayerCounters:
+    frames_scheduled: int = 0
+    frames_released: int = 0
+    late_frames: int = 0  # released after their display time + late_tolerance
+    dropped_frames: int = 0  # too late (max_lateness) or not after the previously released stamp
+    max_lateness_seen: float = 0.0
+
+
+@dataclass
+class MotionPlayer:
+    """Display-time scheduling of generated turns (pure logic; the node calls `due(now)` from a timer)."""
+
+    fps: int = 25
+    output_delay: float = 1.12  # s; display stamp = turn start + i / fps + output_delay
+    publish_lead: float = 0.0  # s; a frame is released this long before its display stamp
+    late_tolerance: float = 0.005  # s; later than this counts as a late frame
+    max_lateness: float = 0.5  # s; frames later than this are dropped instead of released
+    counters: PlayerCounters = field(default_factory=PlayerCounters)
+
+    def __post_init__(self) -> None:
+        self._queue: list[ScheduledFrame] = []
+        self._last_stamp: float | None = None
+
+    def schedule(self, turn_index: int, start_time: float, frames: np.ndarray) -> list[ScheduledFrame]:
+        """Display-stamped frames of one turn (no queueing)."""
+        frames = np.asarray(frames, dtype=np.float32)
+        if frames.ndim != 2 or frames.shape[1] != MOTION_DIM:
+            raise ValueError(f"MotionPlayer: frames must be (T, {MOTION_DIM}), got {frames.shape}")
+        return [
+            ScheduledFrame(turn_index, i, start_time + i / self.fps + self.output_delay, frames[i])
+            for i in range(frames.shape[0])
+        ]
+
+    def push(self, turn_index: int, start_time: float, frames: np.ndarray) -> None:
+        new = self.schedule(turn_index, start_time, frames)
+        self.counters.frames_scheduled += len(new)
+        self._queue.extend(new)
+        self._queue.sort(key=lambda f: f.stamp)
+
+    def next_release_time(self) -> float | None:
+        return self._queue[0].stamp - self.publish_lead if self._queue else None
+
+    def due(self, now: float) -> list[ScheduledFrame]:
+        """Frames whose release time has come, in stamp order; stale or non-monotonic ones are dropped."""
+        out: list[ScheduledFrame] = []
+        while self._queue and self._queue[0].stamp - self.publish_lead <= now:
+            f = self._queue.pop(0)
+            lateness = now - f.stamp
+            if lateness > self.max_lateness or (self._last_stamp is not None and f.stamp <= self._last_stamp):
+                self.counters.dropped_frames += 1
+                continue
+            if lateness > self.late_tolerance:
+                self.counters.late_frames += 1
+            self.counters.max_lateness_seen = max(self.counters.max_lateness_seen, lateness)
+            self.counters.frames_released += 1
+            self._last_stamp = f.stamp
+            out.append(f)
+        return out
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def reset(self) -> None:
+        """Forget queued frames and the monotonic guard (after a timeline reset)."""
+        self._queue.clear()
+        self._last_stamp = None
