@@ -1,0 +1,321 @@
+"""`timar eval`: streaming generation on a DualTalk-layout split + the DualTalk metrics.
+
+    timar eval --checkpoint DIR --data DIR/test --context 0,1,3,7 [--out DIR] [--limit N]
+    timar eval --baseline zero|mean|copy-partner [--train-data DIR/train] --data DIR/test ...
+
+For every context n (number of history turns; the generator keeps n + 1 turns) and every speaker
+role of every clip (each speaker once as agent, the other as user), the model streams the sample one
+1 s turn at a time, exactly as at run time, over the whole seconds of the sample (the trailing
+fraction is dropped, as in the public protocol). Each prediction is written as
+`<out>/n<ctx>/<clip>_speaker<k>.npy` (T, 56) float32 (k = the agent speaker), then every DualTalk
+metric is computed per sample against the agent's ground truth with the other speaker as partner,
+averaged over samples, printed in the published scaling and written to
+`<out>/metrics.json` (unscaled means, scaled table, per-sample values) and CSV files
+(`<out>/summary.csv`: one row per context, published scaling; `<out>/n<ctx>/per_sample.csv`).
+
+Besides the DualTalk metrics, each sample reports how the jaw follows speech: `jaw_speech_pred` /
+`jaw_speech_gt` = Pearson correlation between the (predicted / GT) jaw opening and the agent's own
+speech RMS envelope, and `jaw_pcc` = correlation between predicted and GT jaw opening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from timar_model import metrics as M
+from timar_model.baselines import BASELINES, Baseline, make_baseline
+from timar_model.data.dualtalk import dualtalk_from_motion56
+
+FRAMES_PER_TURN = 25
+SAMPLES_PER_TURN = 16000
+EXTRA_KEYS: tuple[str, ...] = ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc")
+
+# A predictor maps (sample, number of whole turns) -> (turns * 25, 56) float32.
+Predictor = Callable[[object, int], np.ndarray]
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def parse_contexts(text: str) -> list[int]:
+    """ "0,1,3,7" -> [0, 1, 3, 7]; every value a non-negative int."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ValueError(f"--context {text!r}: expected comma-separated integers like 0,1,3,7") from e
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"--context {text!r}: expected non-negative integers like 0,1,3,7")
+    return sorted(set(values))
+
+
+def whole_turns(
+    sample,
+    frames_per_turn: int = FRAMES_PER_TURN,
+    samples_per_turn: int = SAMPLES_PER_TURN,
+    max_turns: int | None = None,
+) -> int:
+    """Number of whole 1 s turns covered by both audio tracks and both motion tracks of a sample."""
+    n = min(
+        len(sample.agent_audio) // samples_per_turn,
+        len(sample.user_audio) // samples_per_turn,
+        len(sample.agent_motion) // frames_per_turn,
+        len(sample.user_motion) // frames_per_turn,
+    )
+    return n if max_turns is None else min(n, max_turns)
+
+
+def sample_name(sample) -> str:
+    """`<clip>_speaker<k>`, the public protocol's file stem for the prediction of speaker k."""
+    return f"{sample.clip}_speaker{sample.agent_speaker}"
+
+
+def sample_metrics(pred: np.ndarray, sample) -> dict[str, float]:
+    """All DualTalk metrics (unscaled) + jaw/speech extras for one prediction (T', 56)."""
+    gt_exp, gt_pose = dualtalk_from_motion56(sample.agent_motion)
+    partner_exp, partner_pose = dualtalk_from_motion56(sample.user_motion)
+    out = M.dualtalk_metrics(pred, gt_exp, gt_pose, partner_exp, partner_pose)
+    n = len(pred)
+    audio = np.asarray(sample.agent_audio)[: n * SAMPLES_PER_TURN // FRAMES_PER_TURN]
+    out["jaw_speech_pred"] = M.jaw_speech_correlation(pred, audio)
+    out["jaw_speech_gt"] = M.jaw_speech_correlation(np.asarray(sample.agent_motion)[:n], audio)
+    a, b = M.jaw_opening(pred), M.jaw_opening(np.asarray(sample.agent_motion)[:n])
+    out["jaw_pcc"] = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    return out
+
+
+def average(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean of every DualTalk key (as the public code) and nan-mean of the extras."""
+    if not rows:
+        raise ValueError("average: no samples were evaluated")
+    means = M.aggregate([{k: r[k] for k in M.METRIC_KEYS} for r in rows])
+    for k in EXTRA_KEYS:
+        vals = np.array([r[k] for r in rows], np.float64)
+        means[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    return means
+
+
+# ----------------------------------------------------------------------------- predictors
+
+
+def stream_sample(gen, sample, turns: int) -> np.ndarray:
+    """Run a StreamingGenerator over `turns` turns of one sample -> (turns * F, 56) float32."""
+    F, S = gen.frames_per_turn, gen.samples_per_turn
+    gen.reset()
+    out = []
+    for k in range(turns):
+        out.append(
+            gen.step(
+                np.asarray(sample.user_audio[k * S : (k + 1) * S], np.float32),
+                np.asarray(sample.user_motion[k * F : (k + 1) * F], np.float32),
+                np.asarray(sample.agent_audio[k * S : (k + 1) * S], np.float32),
+            )
+        )
+    return np.concatenate(out, axis=0).astype(np.float32)
+
+
+def generator_predictor(gen) -> Predictor:
+    return lambda sample, turns: stream_sample(gen, sample, turns)
+
+
+def baseline_predictor(baseline: Baseline) -> Predictor:
+    return lambda sample, turns: baseline.predict(np.asarray(sample.user_motion), turns * FRAMES_PER_TURN)
+
+
+@dataclass
+class ContextResult:
+    context: int
+    per_sample: dict[str, dict[str, float]]  # sample name -> metrics
+    mean: dict[str, float]
+    seconds: float  # wall time of generation (not metrics)
+
+
+def evaluate_predictor(
+    predict: Predictor,
+    samples: Sequence,
+    out_dir: Path | None,
+    context: int,
+    max_turns: int | None = None,
+    progress: bool = False,
+) -> ContextResult:
+    """Predict every sample, optionally save `<out_dir>/<clip>_speaker<k>.npy`, compute metrics."""
+    per_sample: dict[str, dict[str, float]] = {}
+    gen_time = 0.0
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    iterator = samples
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(samples, desc=f"n={context}", unit="sample")
+    for sample in iterator:
+        turns = whole_turns(sample, max_turns=max_turns)
+        name = sample_name(sample)
+        if turns < 1:
+            raise ValueError(f"{name}: shorter than one whole second; cannot evaluate")
+        t0 = time.perf_counter()
+        pred = predict(sample, turns)
+        gen_time += time.perf_counter() - t0
+        if pred.shape != (turns * FRAMES_PER_TURN, 56) or not np.isfinite(pred).all():
+            raise RuntimeError(
+                f"{name}: prediction has shape {pred.shape} (expected "
+                f"{(turns * FRAMES_PER_TURN, 56)}) or non-finite values"
+            )
+        if out_dir is not None:
+            np.save(out_dir / f"{name}.npy", pred.astype(np.float32))
+        per_sample[name] = sample_metrics(pred, sample)
+        if hasattr(sample, "release"):
+            sample.release()  # keep memory flat over a large split
+    return ContextResult(context, per_sample, average(list(per_sample.values())), gen_time)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_results(out: Path, results: list[ContextResult], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cols = list(M.METRIC_KEYS) + list(EXTRA_KEYS)
+    for r in results:
+        d = out / f"n{r.context}"
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / "per_sample.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sample", *cols])
+            for name, m in r.per_sample.items():
+                w.writerow([name, *(f"{m[k]:.9g}" for k in cols)])
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["context", "samples", *(f"{k}_x{M.PUBLISHED_SCALE[k]:g}" for k in M.TABLE_KEYS), *EXTRA_KEYS]
+        )
+        for r in results:
+            scaled = M.scale_published(r.mean)
+            w.writerow(
+                [
+                    r.context,
+                    len(r.per_sample),
+                    *(f"{scaled[k]:.6g}" for k in M.TABLE_KEYS),
+                    *(f"{r.mean[k]:.6g}" for k in EXTRA_KEYS),
+                ]
+            )
+    doc = {
+        **meta,
+        "published_scale": M.PUBLISHED_SCALE,
+        "contexts": {
+            f"n{r.context}": {
+                "context": r.context,
+                "samples": len(r.per_sample),
+                "generation_seconds": r.seconds,
+                "mean": r.mean,
+                "published": M.scale_published(r.mean),
+                "per_sample": r.per_sample,
+            }
+            for r in results
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=True))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("what to evaluate (one of)")
+    src.add_argument("--checkpoint", type=Path, help="model directory (config.json + model.safetensors)")
+    src.add_argument("--baseline", choices=BASELINES, help="evaluate a trivial baseline instead of a model")
+    parser.add_argument("--train-data", type=Path, help="training split (needed by --baseline mean)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="DualTalk-layout split, e.g. data/synth/test"
+    )
+    parser.add_argument(
+        "--context",
+        default="0,1,3,7",
+        help="history turns n (comma list); the generator keeps n + 1 turns (default 0,1,3,7)",
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default outputs/eval/<name>/<split>)")
+    parser.add_argument("--limit", type=int, help="only the first N clips (2N predictions), sorted by name")
+    parser.add_argument("--max-seconds", type=int, help="only the first N whole seconds of each sample")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--steps", type=int, help="diffusion sampling steps (default: the model config)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature (default: the model config)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (each sample restarts from it)")
+
+
+def load_split(data_dir: Path, limit: int | None) -> list:
+    from timar_model.data.dualtalk import list_samples
+
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"--data {data_dir}: not a directory (DualTalk layout expected)")
+    samples = sorted(list_samples(data_dir), key=lambda s: (s.clip, s.agent_speaker))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        clips = sorted({s.clip for s in samples})[:limit]
+        samples = [s for s in samples if s.clip in set(clips)]
+    if not samples:
+        raise FileNotFoundError(f"--data {data_dir}: no <clip>_speaker{{1,2}}.{{wav,npz}} pairs found")
+    return samples
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.checkpoint is None) == (args.baseline is None):
+        raise SystemExit("timar eval: give exactly one of --checkpoint DIR or --baseline NAME")
+    contexts = parse_contexts(args.context)
+    samples = load_split(args.data, args.limit)
+    name = args.checkpoint.resolve().name if args.checkpoint else f"baseline-{args.baseline}"
+    out = args.out or Path("outputs") / "eval" / name / args.data.resolve().name
+    meta = {"data": str(args.data), "samples": len(samples), "max_seconds": args.max_seconds}
+
+    predictors: dict[int, Predictor] = {}
+    if args.baseline:
+        baseline = make_baseline(args.baseline, args.train_data)
+        predictors = {n: baseline_predictor(baseline) for n in contexts}
+        meta["baseline"] = args.baseline
+    else:
+        from timar_model.checkpoint import load_pretrained
+        from timar_model.streaming import StreamingGenerator
+
+        model = load_pretrained(args.checkpoint, device=args.device)
+        max_ctx = model.config.context_turns
+        if contexts[-1] + 1 > max_ctx:
+            raise ValueError(
+                f"--context {contexts[-1]} needs {contexts[-1] + 1} turns but {args.checkpoint} "
+                f"was trained with context_turns={max_ctx} (largest n is {max_ctx - 1})"
+            )
+        for n in contexts:
+            gen = StreamingGenerator(
+                model,
+                device=args.device,
+                dtype=args.dtype,
+                context_turns=n + 1,
+                num_sampling_steps=args.steps,
+                temperature=args.temperature,
+                seed=args.seed,
+            )
+            predictors[n] = generator_predictor(gen)
+        meta.update(checkpoint=str(args.checkpoint), seed=args.seed, device=args.device, dtype=args.dtype)
+
+    results = []
+    for n in contexts:
+        results.append(
+            evaluate_predictor(predictors[n], samples, out / f"n{n}", n, args.max_seconds, progress=True)
+        )
+    write_results(out, results, meta)
+    print(M.format_table({f"{name} n={r.context}": r.mean for r in results}))
+    for r in results:
+        print(
+            f"n={r.context}: {len(r.per_sample)} samples; "
+            f"jaw~speech corr pred {r.mean['jaw_speech_pred']:.3f} "
+            f"gt {r.mean['jaw_speech_gt']:.3f}; jaw pred~gt {r.mean['jaw_pcc']:.3f}; "
+            f"generation {r.seconds:.1f} s"
+        )
+    print(f"wrote {out}/metrics.json, {out}/summary.csv and n<ctx>/*.npy")
+    return 0
