@@ -75,6 +75,12 @@ class TimarConfig:
     logmel_n_mels: int = 80
     logmel_channels: int = 256
     audio_norm: str = "turn"  # causal substitute for the published whole-file normalisation
+    # --- motion normalisation (not in the published runs, which model raw values: None there) ---
+    # Per-dimension statistics of the training motion (56 each). When set, motion inputs and diffusion /
+    # MLP targets are (x - mean) / std inside the model and samples are mapped back, so that the small jaw
+    # and head-rotation dimensions weigh as much as the expression in the loss. Outputs stay raw FLAME values.
+    motion_mean: list[float] | None = None
+    motion_std: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,6 +98,13 @@ class TimarConfig:
             raise ValueError(
                 f"TimarConfig: speech_encoder={self.speech_encoder!r} needs speech_encoder_config"
             )
+        if (self.motion_mean is None) != (self.motion_std is None):
+            raise ValueError("TimarConfig: motion_mean and motion_std are set together")
+        if self.motion_std is not None:
+            if len(self.motion_mean) != self.motion_dim or len(self.motion_std) != self.motion_dim:
+                raise ValueError(f"TimarConfig: motion_mean/motion_std need {self.motion_dim} values each")
+            if min(self.motion_std) <= 0:
+                raise ValueError("TimarConfig: motion_std must be > 0 in every dimension")
         if self.backbone == "encoder_decoder" and self.decoder_depth < 1:
             raise ValueError("TimarConfig: backbone='encoder_decoder' needs decoder_depth >= 1")
 

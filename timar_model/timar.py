@@ -62,6 +62,13 @@ class TIMAR(nn.Module):
         self.tokens_per_turn = c.tokens_per_turn
         self.seq_len = c.seq_len
         self.register_buffer("turn_types", turn_token_types(F), persistent=False)  # (110,)
+        # motion normalisation from the config (identity when unset; not part of the state dict)
+        has_norm = c.motion_std is not None
+        mean = torch.tensor(c.motion_mean, dtype=torch.float32) if has_norm else torch.zeros(c.motion_dim)
+        std = torch.tensor(c.motion_std, dtype=torch.float32) if has_norm else torch.ones(c.motion_dim)
+        self.normalize_motion = has_norm
+        self.register_buffer("motion_mean", mean, persistent=False)  # (56,)
+        self.register_buffer("motion_std", std, persistent=False)  # (56,)
 
         # --- token embeddings ---
         self.motion_encoder = nn.Sequential(
@@ -178,9 +185,21 @@ class TIMAR(nn.Module):
         """(B, samples_per_turn) -> (B, F, speech_dim): the speech encoder output before speech_projection."""
         return self.speech_encoder(audio)
 
+    def motion_to_model(self, motion: torch.Tensor) -> torch.Tensor:
+        """Raw FLAME motion (..., 56) -> the model's motion space ((x - mean) / std, or unchanged)."""
+        if not self.normalize_motion:
+            return motion
+        return (motion - self.motion_mean.to(motion.dtype)) / self.motion_std.to(motion.dtype)
+
+    def motion_from_model(self, motion: torch.Tensor) -> torch.Tensor:
+        """Inverse of motion_to_model: the model's motion space (..., 56) -> raw FLAME motion."""
+        if not self.normalize_motion:
+            return motion
+        return motion * self.motion_std.to(motion.dtype) + self.motion_mean.to(motion.dtype)
+
     def encode_motion(self, motion: torch.Tensor) -> torch.Tensor:
-        """(B, T, 56) -> (B, T, token_dim)."""
-        return self.motion_encoder(motion)
+        """Raw motion (B, T, 56) -> (B, T, token_dim)."""
+        return self.motion_encoder(self.motion_to_model(motion))
 
     def interleave(
         self,
@@ -352,6 +371,7 @@ class TIMAR(nn.Module):
             mask = self.sample_mask(T, B, tokens.device, generator=generator)
         z = self.forward_backbone(tokens, mask)  # (B, T, Wz)
         agent = self.window_types(T, tokens.device) == AGENT_MOTION
+        agent_motion = self.motion_to_model(agent_motion)  # targets in the model's motion space
         z_sel = z[:, agent]  # (B, n*F, Wz), same order as agent_motion frames
         m_sel = mask[:, agent]  # (B, n*F)
         if self.config.head == "mlp":
@@ -376,14 +396,16 @@ class TIMAR(nn.Module):
         z_uncond: torch.Tensor | None = None,
         cfg: float = 1.0,
     ) -> torch.Tensor:
-        """Motion (N, 56) for backbone outputs z (N, Wz) of selected positions.
+        """Raw motion (N, 56) for backbone outputs z (N, Wz) of selected positions.
         noise: explicit Gaussian draws (steps + 1, N, 56); cfg != 1 needs z_uncond (N, Wz)."""
         if self.config.head == "mlp":
-            return self.mlp_head(z).float()
+            return self.motion_from_model(self.mlp_head(z).float())
         temperature = self.config.temperature if temperature is None else temperature
         if cfg != 1.0:
             if z_uncond is None:
                 raise ValueError("sample_positions: cfg != 1 needs z_uncond")
             z = torch.cat([z, z_uncond], dim=0)
-            return self.diffloss.sample(z, temperature, cfg, noise, generator, diffusion)[: len(z) // 2]
-        return self.diffloss.sample(z, temperature, 1.0, noise, generator, diffusion)
+            x = self.diffloss.sample(z, temperature, cfg, noise, generator, diffusion)[: len(z) // 2]
+        else:
+            x = self.diffloss.sample(z, temperature, 1.0, noise, generator, diffusion)
+        return self.motion_from_model(x.float())

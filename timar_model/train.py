@@ -68,6 +68,8 @@ class TrainRecipe:
     train_data: str = "data/synth/train"  # DualTalk-layout split
     val_data: str | None = None  # split for periodic validation (None: no validation)
     cache_dir: str | None = None  # data cache (None: no cache)
+    window_stride_turns: int | None = None  # turns between training windows of a clip (None: window length)
+    motion_norm: bool = False  # per-dimension motion mean/std from train_data stored in the model config
     batch_size: int = 16  # per process
     lr: float | None = None  # absolute learning rate; None: blr * global_batch / 256
     blr: float = 1e-4
@@ -213,10 +215,35 @@ def build_model(recipe: TrainRecipe) -> nn.Module:
             "speech_encoder_config": speech_config_dict(speech),
             "speech_dim": speech.config.hidden_size,
         }
+    if recipe.motion_norm and "motion_std" not in recipe.model:
+        extra.update(motion_statistics(Path(recipe.train_data)))
     model = TIMAR(build_config(recipe, extra))
     if speech is not None:
         model.speech_encoder.model.load_state_dict(speech.state_dict())
     return model
+
+
+def motion_statistics(train_dir: Path, min_std: float = 1e-3) -> dict[str, list[float]]:
+    """Per-dimension mean and std of the agent motion of every sample of a DualTalk-layout split (both speaker
+    roles, so every frame counts once per speaker). std is floored at `min_std` so that a dimension that
+    hardly moves in the data is not blown up."""
+    from timar_model.data.dualtalk import list_samples
+
+    samples = list_samples(train_dir)
+    if not samples:
+        raise FileNotFoundError(f"train_data {train_dir}: no clips to compute motion statistics from")
+    total = np.zeros(56)
+    total_sq = np.zeros(56)
+    count = 0
+    for sample in samples:
+        m = np.asarray(sample.agent_motion, dtype=np.float64)  # (T, 56)
+        total += m.sum(0)
+        total_sq += (m * m).sum(0)
+        count += len(m)
+        sample.release()
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    return {"motion_mean": mean.tolist(), "motion_std": np.maximum(std, min_std).tolist()}
 
 
 # ----------------------------------------------------------------------------- optimiser / schedule
@@ -545,7 +572,11 @@ def train(
     if not train_dir.is_dir():
         raise FileNotFoundError(f"train_data {train_dir}: not a directory (make one with `timar synth`)")
     dataset = DualTalkWindows(
-        train_dir, window_turns=config.context_turns, audio_norm=config.audio_norm, cache_dir=recipe.cache_dir
+        train_dir,
+        window_turns=config.context_turns,
+        audio_norm=config.audio_norm,
+        cache_dir=recipe.cache_dir,
+        stride_turns=recipe.window_stride_turns,
     )
     sampler = torch.utils.data.distributed.DistributedSampler(
         dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=recipe.seed, drop_last=True

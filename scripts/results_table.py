@@ -1,0 +1,88 @@
+"""Markdown result tables from `timar eval` outputs (for the README and the model card).
+
+    python scripts/results_table.py outputs/eval [--systems timar-small,mlp-head,zero,mean,copy-partner]
+
+Reads <root>/<system>/<split>/metrics.json and prints, for every split and context n, one table in the
+paper's scaling (FD / P-FD / MSE / SID / rPCC for exp, jaw, pose) plus the jaw-speech correlations, and a
+check of the model against every baseline on FD-exp, MSE-jaw and P-FD-pose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from timar_model.metrics import PUBLISHED_SCALE, TABLE_KEYS
+
+SHORT = {"fid": "FD", "p_fid": "P-FD", "mse": "MSE", "sid": "SID", "rpcc": "rPCC"}
+CHECKED = ("fid_exp", "mse_jaw", "p_fid_pose")  # the model must beat every baseline on these
+
+
+def _label(key: str) -> str:
+    metric, part = key.rsplit("_", 1)
+    return f"{SHORT.get(metric, metric)}-{part} x{PUBLISHED_SCALE[key]:g}"
+
+
+def _cell(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def load(root: Path, systems: list[str]) -> dict[str, dict[str, dict]]:
+    """{split: {system: metrics.json}} for every system folder that has the split."""
+    out: dict[str, dict[str, dict]] = {}
+    for system in systems:
+        for path in sorted((root / system).glob("*/metrics.json")):
+            out.setdefault(path.parent.name, {})[system] = json.loads(path.read_text())
+    return out
+
+
+def tables(results: dict[str, dict[str, dict]], model: str) -> str:
+    lines: list[str] = []
+    for split, by_system in results.items():
+        contexts = sorted({c for m in by_system.values() for c in m["contexts"]}, key=lambda c: int(c[1:]))
+        for ctx in contexts:
+            rows = {s: m["contexts"][ctx] for s, m in by_system.items() if ctx in m["contexts"]}
+            any_row = next(iter(rows.values()))
+            lines.append(f"**{split}, n = {ctx[1:]}** ({any_row['samples']} predictions)\n")
+            header = ["system", *(_label(k) for k in TABLE_KEYS), "jaw~speech pred", "jaw~speech GT", "jaw PCC"]
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            for system, r in rows.items():
+                pub, mean = r["published"], r["mean"]
+                cells = [_cell(pub.get(k)) for k in TABLE_KEYS]
+                extra = [_cell(mean.get(k), 3) for k in ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc")]
+                name = f"**{system}**" if system == model else system
+                lines.append("| " + " | ".join([name, *cells, *extra]) + " |")
+            if model in rows:
+                verdicts = []
+                for key in CHECKED:
+                    ours = rows[model]["mean"][key]
+                    others = {s: r["mean"][key] for s, r in rows.items() if s != model}
+                    worst = [s for s, v in others.items() if not ours < v]
+                    verdicts.append(f"{_label(key).split(' ')[0]}: " + ("beats all" if not worst else
+                                                                        f"NOT better than {', '.join(worst)}"))
+                lines.append("\n" + model + " vs baselines — " + "; ".join(verdicts))
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="folder holding <system>/<split>/metrics.json")
+    parser.add_argument("--systems", default="timar-small,mlp-head,zero,mean,copy-partner")
+    parser.add_argument("--model", default="timar-small", help="the system checked against the others")
+    args = parser.parse_args(argv)
+    systems = [s for s in args.systems.split(",") if s]
+    results = load(args.root, systems)
+    if not results:
+        print(f"no metrics.json under {args.root}/<system>/<split>/ for systems {systems}", file=sys.stderr)
+        return 1
+    print(tables(results, args.model))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""A shipped model's fixed-subset check: does it still produce the numbers its model card quotes?
+
+The subset is regenerated, not stored: the first `clips` clips of the synthetic `test` split for `seed`
+(`timar synth` is deterministic by seed and clip index, so these are the first clips of the corpus the model
+was evaluated on), streamed at context n = `context` for the first `seconds` seconds of each speaker role.
+
+    python -m timar_model.model_card models/timar-small-synth           # compare with card_check.json
+    python -m timar_model.model_card models/timar-small-synth --write   # (re)write card_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CHECK_FILE = "card_check.json"
+KEYS = ("fid_exp", "p_fid_exp", "mse_exp", "mse_jaw", "mse_pose", "p_fid_pose", "jaw_speech_pred", "jaw_pcc")
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    seed: int = 0
+    clips: int = 2
+    seconds: int = 12
+    context: int = 7
+    sampling_seed: int = 0
+
+
+def subset_metrics(model_dir: str | Path, spec: SubsetSpec = SubsetSpec()) -> dict[str, float]:
+    """Mean metrics (unscaled) of the model on the spec's subset, float32 on the CPU."""
+    from timar_model.checkpoint import load_pretrained
+    from timar_model.data.dualtalk import list_samples
+    from timar_model.data.synth import generate_corpus
+    from timar_model.evaluate import evaluate_predictor, generator_predictor
+    from timar_model.streaming import StreamingGenerator
+
+    model = load_pretrained(model_dir, device="cpu")
+    gen = StreamingGenerator(model, context_turns=spec.context + 1, seed=spec.sampling_seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_corpus(tmp, hours=0, seed=spec.seed, splits=("test",), clips=spec.clips, workers=1,
+                        progress=False)
+        samples = sorted(list_samples(Path(tmp) / "test"), key=lambda s: (s.clip, s.agent_speaker))
+        result = evaluate_predictor(generator_predictor(gen), samples, None, spec.context, spec.seconds)
+    return {k: float(result.mean[k]) for k in KEYS}
+
+
+def write_check(model_dir: str | Path, spec: SubsetSpec = SubsetSpec()) -> dict:
+    record = {"spec": asdict(spec), "metrics": subset_metrics(model_dir, spec)}
+    (Path(model_dir) / CHECK_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def compare_check(model_dir: str | Path, rel_tol: float = 0.02, abs_tol: float = 1e-4) -> list[str]:
+    """Recompute the subset metrics and list every one that moved beyond tolerance (empty list = pass)."""
+    path = Path(model_dir) / CHECK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model-card check; write it with "
+                                f"`python -m timar_model.model_card {model_dir} --write`")
+    record = json.loads(path.read_text())
+    now = subset_metrics(model_dir, SubsetSpec(**record["spec"]))
+    problems = []
+    for key, expected in record["metrics"].items():
+        got = now[key]
+        if not math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol):
+            problems.append(f"{key}: card {expected:.6g}, now {got:.6g}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--write", action="store_true", help="(re)write card_check.json instead of comparing")
+    args = parser.parse_args(argv)
+    if args.write:
+        record = write_check(args.model_dir)
+        print(json.dumps(record, indent=1))
+        return 0
+    problems = compare_check(args.model_dir)
+    print("model card check: " + ("OK" if not problems else "FAILED\n  " + "\n  ".join(problems)))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
