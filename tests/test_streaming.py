@@ -162,3 +162,102 @@ def test_audio_normalisation_modes():
     np.testing.assert_allclose(r[32000:], (x[32000:] - x.mean()) / x.std(), atol=1e-3)
     with pytest.raises(ValueError, match="mode"):
         normalize_audio(x, "global")
+
+
+# ---------------------------------------------------------------- bf16 inference and block-causal attention
+def build_reference_tiny(reference_dir) -> TIMAR:
+    from safetensors.torch import load_file
+
+    ref = reference_dir / "timar_tiny"
+    torch.manual_seed(0)
+    m = TIMAR(get_preset("reference-tiny"))
+    m.load_public_state_dict(load_file(str(ref / "timar_tiny_state_dict.safetensors")))
+    m.speech_encoder.model.load_state_dict(load_file(str(ref / "wav2vec2_tiny_state_dict.safetensors")), strict=True)
+    return m.eval()
+
+
+# bf16 tolerance on the reference-tiny stream (6 turns, fixture noise): the emitted motion is within 1e-2
+# absolute of float32 (measured 1.7e-3, motion scale 0.65), the window's backbone output within 5e-2
+# (measured 1.7e-2, scale 3.8). The bf16 path rounds the backbone's matmul inputs and attention to 8 bits
+# of mantissa; the residual stream, LayerNorms, speech encoder and diffusion head stay float32.
+BF16_ATOL_PRED, BF16_ATOL_Z = 1e-2, 5e-2
+
+
+def test_bfloat16_close_to_float32_on_reference_tiny(reference_dir):
+    model = build_reference_tiny(reference_dir)
+    ref = dict(np.load(reference_dir / "timar_tiny" / "timar_tiny_reference.npz"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def stream(dtype, turns=6, seed=0, fixture_noise=True):
+        gen = StreamingGenerator(model, dtype=dtype, audio_norm="none", seed=seed)
+        preds = []
+        for k in range(turns):
+            s, f = slice(k * 16000, (k + 1) * 16000), slice(k * 25, (k + 1) * 25)
+            noise = torch.from_numpy(ref[f"stream_noise_turn{k}"][:, -25:]) if fixture_noise else None
+            preds.append(gen.step(ref["speech_1"][s], ref["motion_1"][f], ref["speech_2"][s], noise=noise))
+        return np.stack(preds), gen.window_backbone().numpy()  # (turns, 25, 56), (440, Wz) full window
+
+    p32, z32 = stream("float32")
+    p16, z16 = stream("bfloat16")
+    assert p16.dtype == np.float32 and np.isfinite(p16).all()
+    np.testing.assert_allclose(p32, ref["stream_pred"], atol=1e-4)  # float32 is still the exact path
+    err = np.abs(p16 - p32).max()
+    assert 0 < err <= BF16_ATOL_PRED, f"bf16 motion error {err:.3g}"  # > 0: bf16 really ran
+    assert np.abs(z16 - z32).max() <= BF16_ATOL_Z
+    # deterministic with a seed (generator noise), and the model handed in is left in float32, unchanged
+    a, _ = stream("bfloat16", turns=2, seed=3, fixture_noise=False)
+    b, _ = stream("bfloat16", turns=2, seed=3, fixture_noise=False)
+    np.testing.assert_array_equal(a, b)
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_bfloat16_casts_only_the_block_linears_once(model):
+    gen = StreamingGenerator(model, dtype="bfloat16")
+    net = gen.net
+    assert net is not model and gen.model is model
+    for blk in net.encoder_blocks:
+        assert blk.attn.qkv.weight.dtype == blk.mlp.fc2.bias.dtype == torch.bfloat16
+        assert blk.norm1.weight.dtype == torch.float32  # LayerNorms keep float32
+        assert not blk.attn.qkv.weight.requires_grad
+    assert net.z_proj is model.z_proj and net.diffloss is model.diffloss  # shared, not copied
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert StreamingGenerator(model).net is model  # float32 runs the model itself
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_causal_impls_match_the_dense_mask(dtype):
+    from timar_model.vit import BlockCausal
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 2, 3, 4 * 7, 16, generator=g).to(dtype).unbind(0)  # (B, H, N, hd), blocks of 7
+    bc = BlockCausal(7)
+    dense = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=bc.dense(28))
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    for impl in (None, "sdpa", "math"):
+        out = BlockCausal(7, impl).attend(q, k, v)
+        assert out.dtype == dtype and out.shape == q.shape
+        torch.testing.assert_close(out.double(), dense, atol=tol, rtol=0)
+    # rows of the dense mask for selected queries (the streaming last block)
+    idx = torch.tensor([0, 8, 27])
+    assert torch.equal(bc.rows(idx, 28), bc.dense(28)[idx])
+    # a query never sees later blocks: changing the last block's keys leaves earlier outputs unchanged
+    k2 = k.clone()
+    k2[:, :, 21:] += 1.0
+    out, out2 = BlockCausal(7, "math").attend(q, k, v), BlockCausal(7, "math").attend(q, k2, v)
+    assert torch.equal(out[:, :, :21], out2[:, :, :21]) and not torch.equal(out[:, :, 21:], out2[:, :, 21:])
+    with pytest.raises(ValueError, match="impl"):
+        BlockCausal(7, "flash")
+
+
+def test_block_with_bf16_linears_keeps_a_float32_residual():
+    from timar_model.vit import Block, cast_linears
+
+    torch.manual_seed(0)
+    blk = Block(32, 4).eval()
+    x = torch.randn(1, 14, 32)
+    with torch.inference_mode():
+        ref = blk(x)
+        low = cast_linears(blk, torch.bfloat16)(x)
+    assert low.dtype == torch.float32
+    assert 0 < (low - ref).abs().max() < 5e-2

@@ -2,6 +2,8 @@
 counts and FLOPs per turn of each preset, with random weights, on the current device.
 
 The window is filled first (context_turns warm-up turns) so every measured turn runs on a full window.
+The 1-minute load average is printed before and after: other processes on the CPU inflate the numbers
+(with torch using every core, one busy core can make them several times slower; try --threads 1).
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from .timar import TIMAR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--presets", default="small", help="comma-separated presets (small,base,large,huge,...)"
-    )
+    parser.add_argument("--presets", default="small", help="comma-separated presets (small,base,large,huge,...)")
     parser.add_argument("--turns", type=int, default=20, help="measured turns per preset (after warm-up)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -39,6 +39,13 @@ def total_ram_gb() -> float:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     except (ValueError, OSError):
         return 8.0
+
+
+def load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
 
 
 def estimate_params(config) -> int:
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     limit_gb = args.max_params_gb if args.max_params_gb is not None else 0.4 * total_ram_gb()
     print(
         f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, "
-        f"{args.turns} turns per preset on a full window"
+        f"{args.turns} turns per preset on a full window; load average (1 min) {load_average()}"
     )
     header = (
         f"{'preset':<15}{'params M':>10}{'speech M':>10}{'GFLOP/turn':>12}"
@@ -130,4 +137,5 @@ def run(args: argparse.Namespace) -> int:
             f"{r['flops'] / 1e9:>12.2f}{cell('speech'):>16}{cell('backbone'):>16}{cell('diffusion'):>16}"
             f"{cell('total'):>16}{r['rtf']:>7.3f}"
         )
+    print(f"load average (1 min) after: {load_average()}")
     return code

@@ -5,23 +5,52 @@ call, batch of 2) and user motion into the turn's 4F + 10 tokens, append them to
 `context_turns` turns (left crop), mask ALL agent-motion positions of the window (mask_history_agent: the
 model never conditions on its own outputs), run the backbone once, and sample only the current turn's F agent
 positions with the diffusion head. Memory is flat: only the window's token tensors are kept.
+
+dtype "bfloat16" (CPU or GPU): the backbone blocks' Linear weights are cast to bf16 ONCE, at construction, into
+a copy (the model passed in is not modified; later changes to its weights are not seen by this generator).
+The backbone's matmuls, attention and GELU then run in bf16 while its residual stream, LayerNorms, the
+token embedding, the speech encoder and the diffusion head stay float32; no autocast, no per-call weight
+casts. Against float32: max |error| ~1e-3 on the reference-tiny stream, see tests/test_streaming.py.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import time
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from .diffusion import create_diffusion
 from .speech import RunningAudioNorm, _zero_mean_unit_var
 from .timar import AGENT_MOTION, TIMAR
+from .vit import cast_linears
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def low_precision_backbone(model: TIMAR, dtype: torch.dtype) -> TIMAR:
+    """A TIMAR that shares every module and parameter with `model` except its transformer blocks
+    (encoder_blocks, and decoder_blocks if any), which are copies with their Linear weights in `dtype`
+    (see vit.Block: the residual stream keeps its float32). The blocks are copied without a float32
+    duplicate of the Linear weights."""
+    view = copy.copy(model)  # shallow: same parameters, buffers and submodules
+    view._modules = dict(model._modules)
+    for name in ("encoder_blocks", "decoder_blocks"):
+        blocks = getattr(model, name, None)
+        if blocks is None:
+            continue
+        memo = {
+            id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False)
+            for m in blocks.modules()
+            if isinstance(m, nn.Linear)
+            for p in m.parameters(recurse=False)
+        }
+        view._modules[name] = cast_linears(copy.deepcopy(blocks, memo), dtype)
+    return view
 
 
 class StreamingGenerator:
@@ -42,6 +71,8 @@ class StreamingGenerator:
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
         self.model = model.to(self.device).eval()
+        # the network that runs: the model itself, or a view of it with low-precision transformer blocks
+        self.net = self.model if self.dtype == torch.float32 else low_precision_backbone(self.model, self.dtype)
         self.config = cfg
         self.context_turns = cfg.context_turns if context_turns is None else int(context_turns)
         if not 1 <= self.context_turns <= cfg.context_turns:
@@ -64,6 +95,7 @@ class StreamingGenerator:
         types = model.turn_types.to(self.device)
         self._agent_pos = (types == AGENT_MOTION).nonzero().squeeze(1)  # (F,) positions in a turn
         assert len(self._agent_pos) == F
+        self._window_index: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # T -> (mask, out_index)
         self.last_timings: dict[str, float] = {}
         self.reset()
 
@@ -137,16 +169,19 @@ class StreamingGenerator:
             return self._norm[who](audio)
         return audio
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    def _window(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a window of T tokens: mask (T,) bool of every agent-motion position (all masked) and
+        out_index (F,) of the current (last) turn's agent positions; computed once per window length."""
+        if T not in self._window_index:
+            mask = self.model.window_types(T, self.device) == AGENT_MOTION
+            self._window_index[T] = (mask, self._agent_pos + (T - self.model.tokens_per_turn))
+        return self._window_index[T]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, user_speech, user_motion, agent_speech, noise: torch.Tensor | None = None) -> np.ndarray:
         """user_speech, agent_speech (samples_per_turn,) float32 raw audio; user_motion (F, 56).
         noise: optional explicit Gaussian draws (steps + 1, F, 56). Returns agent motion (F, 56) float32."""
@@ -154,41 +189,34 @@ class StreamingGenerator:
         us = self._check("user_speech", user_speech, (S,))
         um = self._check("user_motion", user_motion, (F, self.config.motion_dim))
         ag = self._check("agent_speech", agent_speech, (S,))
-        m = self.model
+        m = self.net
         t0 = time.perf_counter()
         audio = torch.from_numpy(np.stack([self._normalise("user", us), self._normalise("agent", ag)]))
-        with self._autocast():
-            sp = m.encode_speech(audio.to(self.device))  # (2, F, D)
-            mo = m.encode_motion(torch.from_numpy(um).to(self.device)[None])  # (1, F, D)
-            turn = m.interleave(sp[:1], mo, sp[1:]).float()  # (1, 4F + 10, D)
-        self._turns.append(turn)
+        sp = m.encode_speech(audio.to(self.device))  # (2, F, D)
+        mo = m.encode_motion(torch.from_numpy(um).to(self.device)[None])  # (1, F, D)
+        self._turns.append(m.interleave(sp[:1], mo, sp[1:]))  # (1, 4F + 10, D)
         self._sync()
         t1 = time.perf_counter()
         tokens = torch.cat(list(self._turns), dim=1)  # (1, T, D), T = turns * (4F + 10)
-        T = tokens.shape[1]
-        mask = m.window_types(T, self.device) == AGENT_MOTION  # every agent position of the window
-        out_index = self._agent_pos + (T - m.tokens_per_turn)  # current turn's agent positions
-        with self._autocast():
-            z = m.forward_backbone(tokens, mask, out_index=out_index)[0].float()  # (F, Wz)
+        mask, out_index = self._window(tokens.shape[1])  # all agent positions masked; current turn's rows
+        z = m.forward_backbone(tokens, mask, out_index=out_index)[0].float()  # (F, Wz)
         self._sync()
         t2 = time.perf_counter()
-        with self._autocast():
-            motion = m.sample_positions(
-                z,
-                temperature=self.temperature,
-                noise=noise,
-                generator=self.generator,
-                diffusion=self.diffusion,
-            )  # (F, 56)
+        motion = m.sample_positions(
+            z,
+            temperature=self.temperature,
+            noise=noise,
+            generator=self.generator,
+            diffusion=self.diffusion,
+        )  # (F, 56)
         out = motion.float().cpu().numpy()
         t3 = time.perf_counter()
         self.last_timings = {"speech": t1 - t0, "backbone": t2 - t1, "diffusion": t3 - t2, "total": t3 - t0}
         self.turn_index += 1
         return out
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def window_backbone(self) -> torch.Tensor:
         """Full backbone output (T, Wz) of the current window (all agent positions masked); for inspection."""
         tokens = torch.cat(list(self._turns), dim=1)
-        mask = self.model.window_types(tokens.shape[1], self.device) == AGENT_MOTION
-        return self.model.forward_backbone(tokens, mask)[0]
+        return self.net.forward_backbone(tokens, self._window(tokens.shape[1])[0])[0].float()
