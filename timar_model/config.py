@@ -27,7 +27,7 @@ _CHOICES = {
     "backbone": ("encoder_only", "encoder_decoder"),
     "head": ("diffusion", "mlp"),
     "speech_encoder": ("wav2vec2", "hubert", "logmel"),
-    "audio_norm": ("file", "turn", "running"),
+    "audio_norm": ("file", "turn", "running", "none"),
     "noise_schedule": ("cosine", "linear"),
 }
 
@@ -74,7 +74,7 @@ class TimarConfig:
     speech_encoder_config: dict[str, Any] | None = None  # transformers config dict (wav2vec2 / hubert)
     logmel_n_mels: int = 80
     logmel_channels: int = 256
-    audio_norm: str = "turn"  # causal substitute for the published whole-file normalisation
+    audio_norm: str = "turn"  # causal substitute for the published whole-file normalisation ("none": as is)
     # --- motion normalisation (not in the published runs, which model raw values: None there) ---
     # Per-dimension statistics of the training motion (56 each). When set, motion inputs and diffusion /
     # MLP targets are (x - mean) / std inside the model and samples are mapped back, so that the small jaw
@@ -252,7 +252,7 @@ def _presets() -> dict[str, TimarConfig]:
             speech_encoder="logmel",
             logmel_n_mels=80,
             logmel_channels=256,
-            audio_norm="turn",
+            audio_norm="none",  # the log-mel front-end sees the level as recorded (see speech.py)
         ),
         "base": TimarConfig(
             name="base",

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 NORM_EPS = 1e-7
-AUDIO_NORM_MODES = ("file", "turn", "running")
+AUDIO_NORM_MODES = ("file", "turn", "running", "none")
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -60,11 +60,13 @@ class RunningAudioNorm:
 
 
 def normalize_audio(x: np.ndarray, mode: str, samples_per_turn: int = 16000) -> np.ndarray:
-    """Normalise a mono signal (S,) offline with `mode` ('file' | 'turn' | 'running').
+    """Normalise a mono signal (S,) offline with `mode` ('file' | 'turn' | 'running' | 'none').
     'turn' and 'running' give exactly what a causal stream of `samples_per_turn` chunks gives."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"normalize_audio: expected mono audio (S,), got shape {x.shape}")
+    if mode == "none":
+        return x
     if mode == "file":
         return _zero_mean_unit_var(x)
     if mode == "turn":
@@ -181,7 +183,11 @@ class LogMelSpeechEncoder(nn.Module):
         self.register_buffer(
             "fbank", torch.from_numpy(mel_filterbank(n_fft, n_mels, sample_rate)), persistent=False
         )
-        self.in_norm = nn.LayerNorm(n_mels)
+        # per-mel-bin affine on the log power. Not a per-frame LayerNorm over the mel bins: that would remove
+        # each frame's energy, and the speech envelope is what jaw and mouth follow. Init maps the log power
+        # of 16-bit-scaled speech (about -14 .. 0) to roughly [-1.5, 2].
+        self.in_scale = nn.Parameter(torch.full((n_mels,), 0.25))
+        self.in_shift = nn.Parameter(torch.full((n_mels,), 2.0))
         self.convs = nn.Sequential(
             nn.Conv1d(n_mels, channels, 3, padding=1),
             nn.GELU(),
@@ -204,7 +210,7 @@ class LogMelSpeechEncoder(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         m = self.log_mel(audio)  # (B, M, T)
-        m = self.in_norm(m.transpose(1, 2)).transpose(1, 2)
+        m = m * self.in_scale[:, None] + self.in_shift[:, None]
         m = F.interpolate(m, size=4 * self.frames, mode="linear", align_corners=True)  # (B, M, 4F)
         h = self.convs(m)  # (B, C, F)
         return self.out(h.transpose(1, 2))  # (B, F, out_dim)
