@@ -29,6 +29,7 @@ _CHOICES = {
     "speech_encoder": ("wav2vec2", "hubert", "logmel"),
     "audio_norm": ("file", "turn", "running", "none"),
     "noise_schedule": ("cosine", "linear"),
+    "pos_embed_init": ("random", "frame_sincos"),
 }
 
 
@@ -56,6 +57,11 @@ class TimarConfig:
     proj_dropout: float = 0.1
     norm_eps: float = 1e-6
     attention: str = "turn_causal"
+    # init of the learned position embedding: "random" (N(0, 0.02), the release) or "frame_sincos": sin/cos
+    # codes of the frame index inside the turn, of the turn index and of the token's stream, so that the
+    # tokens of one frame (user speech, user motion, agent speech, agent motion) start out similar and the
+    # masked agent-motion tokens can find their frame's speech early in training (still learned afterwards)
+    pos_embed_init: str = "random"
     backbone: str = "encoder_only"
     # --- training ---
     mask_ratio_min: float = 0.7
@@ -253,6 +259,7 @@ def _presets() -> dict[str, TimarConfig]:
             logmel_n_mels=80,
             logmel_channels=256,
             audio_norm="none",  # the log-mel front-end sees the level as recorded (see speech.py)
+            pos_embed_init="frame_sincos",
         ),
         "base": TimarConfig(
             name="base",

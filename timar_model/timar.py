@@ -43,6 +43,38 @@ def turn_special_positions(frames: int) -> torch.Tensor:
     return (turn_token_types(frames) == SPECIAL).nonzero().squeeze(1)
 
 
+def _sincos(positions: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
+    """(N,) positions -> (N, dim) [sin | cos] codes with geometric frequencies down to 1 / max_period."""
+    half = dim // 2
+    freqs = torch.exp(-torch.arange(half, dtype=torch.float64) * (np.log(max_period) / max(half - 1, 1)))
+    angles = positions.double()[:, None] * freqs[None]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
+
+
+def frame_sincos_pos_embed(context_turns: int, frames: int, width: int) -> torch.Tensor:
+    """(context_turns * (4F + 10), width) structured init of the position table: channels [0, W/2) code the
+    frame index inside the turn (shared by the four streams; special tokens sit at the frame they border),
+    [W/2, 3W/4) the turn index, [3W/4, W) the token's kind."""
+    types = turn_token_types(frames)  # (110,)
+    frame = torch.zeros(len(types))
+    count = dict.fromkeys(range(5), 0)
+    for i, kind in enumerate(types.tolist()):
+        if kind == SPECIAL:  # START tokens sit before frame 0, END tokens after frame F-1
+            nxt = types[i + 1].item() if i + 1 < len(types) else SPECIAL
+            frame[i] = -1.0 if nxt != SPECIAL else float(frames)
+        else:
+            frame[i] = count[kind]
+            count[kind] += 1
+    w_frame, w_turn = width // 2, width // 4
+    w_kind = width - w_frame - w_turn
+    per_turn = torch.cat(
+        [_sincos(frame, w_frame, 4.0 * frames), _sincos(types.float(), w_kind, 10.0)], dim=1
+    )  # (110, w_frame + w_kind)
+    turns = torch.arange(context_turns).repeat_interleave(len(types))
+    out = torch.cat([per_turn.repeat(context_turns, 1), _sincos(turns.float(), w_turn, 4.0 * context_turns)], 1)
+    return out[:, [*range(w_frame), *range(w_frame + w_kind, width), *range(w_frame, w_frame + w_kind)]]
+
+
 def turn_causal_mask(turn_ids: torch.Tensor) -> torch.Tensor:
     """turn_ids (..., L) -> bool (..., L, L): query i may attend key j iff turn[j] <= turn[i]."""
     return turn_ids.unsqueeze(-2) <= turn_ids.unsqueeze(-1)
@@ -130,6 +162,12 @@ class TIMAR(nn.Module):
             self.diffusion_pos_embed_learned,
         ):
             nn.init.normal_(p, std=0.02)
+        if self.config.pos_embed_init == "frame_sincos":
+            c = self.config
+            with torch.no_grad():
+                self.encoder_pos_embed_learned[0] = frame_sincos_pos_embed(
+                    c.context_turns, c.frames_per_turn, c.width
+                )
         if self.config.backbone == "encoder_decoder":
             nn.init.normal_(self.decoder_pos_embed_learned, std=0.02)
         for name, m in self.named_modules():

@@ -1,0 +1,43 @@
+"""The optional structured init of the position table (pos_embed_init = "frame_sincos")."""
+
+from __future__ import annotations
+
+import torch
+
+from timar_model.config import get_preset
+from timar_model.timar import (
+    AGENT_MOTION,
+    AGENT_SPEECH,
+    TIMAR,
+    USER_MOTION,
+    USER_SPEECH,
+    frame_sincos_pos_embed,
+    turn_token_types,
+)
+
+
+def test_same_frame_of_every_stream_shares_the_frame_code():
+    F, W = 25, 64
+    pe = frame_sincos_pos_embed(3, F, W)  # (3 * 110, 64)
+    types = turn_token_types(F)
+    first = {kind: int((types == kind).nonzero()[0]) for kind in (USER_SPEECH, USER_MOTION, AGENT_SPEECH, AGENT_MOTION)}
+    frame_code = pe[:, : W // 2]
+    for f in (0, 7, 24):
+        rows = [frame_code[first[kind] + f] for kind in first]
+        for r in rows[1:]:
+            assert torch.allclose(r, rows[0])
+        assert not torch.allclose(frame_code[first[AGENT_MOTION] + f], frame_code[first[AGENT_SPEECH] + (f + 1) % F])
+    # the same position in two turns differs only in the turn code
+    assert torch.allclose(pe[5, : W // 2], pe[110 + 5, : W // 2])
+    assert not torch.allclose(pe[5], pe[110 + 5])
+    assert len({tuple(row.tolist()) for row in pe}) == len(pe)  # every position distinct
+
+
+def test_presets_choose_their_init():
+    torch.manual_seed(0)
+    small = TIMAR(get_preset("small", depth=1, context_turns=2))
+    expected = frame_sincos_pos_embed(2, 25, small.config.width)
+    assert torch.equal(small.encoder_pos_embed_learned[0], expected)
+    assert get_preset("large").pos_embed_init == "random"  # the release's N(0, 0.02)
+    tiny = TIMAR(get_preset("reference-tiny"))
+    assert tiny.encoder_pos_embed_learned.std() < 0.03
