@@ -54,7 +54,8 @@ def _sincos(positions: torch.Tensor, dim: int, max_period: float) -> torch.Tenso
 def frame_sincos_pos_embed(context_turns: int, frames: int, width: int) -> torch.Tensor:
     """(context_turns * (4F + 10), width) structured init of the position table: channels [0, W/2) code the
     frame index inside the turn (shared by the four streams; special tokens sit at the frame they border),
-    [W/2, 3W/4) the turn index, [3W/4, W) the token's kind."""
+    [W/2, 3W/4) the turn index, [3W/4, W) the token's kind. The START (END) tokens of a turn share one code;
+    their learned rows of sep_tok_emb tell them apart."""
     types = turn_token_types(frames)  # (110,)
     frame = torch.zeros(len(types))
     count = dict.fromkeys(range(5), 0)
