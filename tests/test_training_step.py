@@ -144,3 +144,16 @@ def test_bad_shapes_are_rejected():
         model.training_loss(su[:, :-1], um, sa, am)
     with pytest.raises(ValueError, match="motion"):
         model.training_loss(su, um[:, :-1], sa, am)
+
+
+def test_mask_ratio_min_one_masks_every_agent_motion_token():
+    from timar_model.config import get_preset
+    from timar_model.timar import AGENT_MOTION, TIMAR
+
+    model = TIMAR(get_preset("small", depth=1, context_turns=2, mask_ratio_min=1.0))
+    T = 2 * model.tokens_per_turn
+    mask = model.sample_mask(T, batch=3)
+    agent = model.window_types(T) == AGENT_MOTION
+    assert mask.shape == (3, T) and bool((mask == agent).all())
+    with pytest.raises(ValueError, match="mask_ratio_min"):
+        get_preset("small", mask_ratio_min=0.0)

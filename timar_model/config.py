@@ -64,7 +64,7 @@ class TimarConfig:
     pos_embed_init: str = "random"
     backbone: str = "encoder_only"
     # --- training ---
-    mask_ratio_min: float = 0.7
+    mask_ratio_min: float = 0.7  # 1.0: always mask every agent-motion token (as streaming inference does)
     cond_drop_prob: float = 0.1
     # --- head ---
     head: str = "diffusion"
@@ -111,6 +111,8 @@ class TimarConfig:
                 raise ValueError(f"TimarConfig: motion_mean/motion_std need {self.motion_dim} values each")
             if min(self.motion_std) <= 0:
                 raise ValueError("TimarConfig: motion_std must be > 0 in every dimension")
+        if not 0.0 < self.mask_ratio_min <= 1.0:
+            raise ValueError(f"TimarConfig: mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
         if self.backbone == "encoder_decoder" and self.decoder_depth < 1:
             raise ValueError("TimarConfig: backbone='encoder_decoder' needs decoder_depth >= 1")
 

@@ -111,7 +111,12 @@ class TIMAR(nn.Module):
         self.speech_projection = nn.Linear(c.speech_dim, D)
         self.sep_tok_emb = nn.Embedding(NUM_SPECIAL_TOKENS, D)
         self.fake_latent = nn.Parameter(torch.zeros(1, D))
-        self.mask_ratio_generator = stats.truncnorm((c.mask_ratio_min - 1.0) / 0.25, 0, loc=1.0, scale=0.25)
+        # mask_ratio_min = 1 masks every agent-motion token, exactly what streaming with mask_history_agent sees
+        self.mask_ratio_generator = (
+            stats.truncnorm((c.mask_ratio_min - 1.0) / 0.25, 0, loc=1.0, scale=0.25)
+            if c.mask_ratio_min < 1.0
+            else None
+        )
 
         # --- backbone ---
         W = c.width
@@ -363,7 +368,8 @@ class TIMAR(nn.Module):
         """(B, T) bool: a random ceil(rate * n_agent) subset of the agent-motion positions of each sample;
         one rate per call from the truncated Gaussian (mean 1, std 0.25, in [mask_ratio_min, 1])."""
         if mask_rate is None:
-            mask_rate = float(self.mask_ratio_generator.rvs(1)[0])
+            gen = self.mask_ratio_generator
+            mask_rate = 1.0 if gen is None else float(gen.rvs(1)[0])
         agent = self.window_types(num_tokens, device) == AGENT_MOTION
         agent_idx = agent.nonzero().squeeze(1)  # (n_agent,)
         k = int(np.ceil(len(agent_idx) * mask_rate))
