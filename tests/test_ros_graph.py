@@ -109,7 +109,8 @@ def session(tmp_path_factory):
     make_tiny_model(tmp / "model")
     make_clip(tmp / "data" / "test", TURNS)
     cfg = {"/**": {"ros__parameters": {
-        "agent": {"checkpoint": str(tmp / "model"), "device": "cpu", "idle_timeout": 0.5},
+        # float32 so that the live motion can be compared with an offline float32 run to 1e-5
+        "agent": {"checkpoint": str(tmp / "model"), "device": "cpu", "dtype": "float32", "idle_timeout": 0.5},
         "conversation_player": {"data_dir": str(tmp / "data" / "test"), "max_turns": 0,
                                 "wait_for_subscribers": 2},
         "bag_recorder": {"output": str(tmp / "bag")},

@@ -168,7 +168,7 @@ class TIMAR(nn.Module):
             self.diffusion_pos_embed_learned,
         ):
             nn.init.normal_(p, std=0.02)
-        if self.config.pos_embed_init == "frame_sincos":
+        if self.config.pos_embed_init == "frame_sincos" and not self.encoder_pos_embed_learned.is_meta:
             c = self.config
             with torch.no_grad():
                 self.encoder_pos_embed_learned[0] = frame_sincos_pos_embed(

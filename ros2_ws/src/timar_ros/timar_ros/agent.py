@@ -12,10 +12,8 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from timar_msgs.msg import AudioChunk, HeadMotion
@@ -24,6 +22,7 @@ from timar_model.turns import AssemblerConfig, InputError, MotionPlayer, Turn, T
 
 from .convert import head_motion_msg, motion_from_msg, motion_from_pose, pose_msg, stamp_to_sec
 from .params import declare, resolve_path
+from .spin import run_node
 
 
 def pick_device(device: str) -> str:
@@ -317,22 +316,13 @@ class TimarAgent(LifecycleNode):
         self.pub_diag.publish(msg)
 
 
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = TimarAgent()
-    executor = SingleThreadedExecutor()  # callbacks are light and stay in arrival order
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node._active:
-            node.on_deactivate(None)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+def _deactivate(node: TimarAgent) -> None:
+    if node._active:
+        node.on_deactivate(None)
 
+
+def main(args: list[str] | None = None) -> None:
+    run_node(TimarAgent, args, on_exit=_deactivate)
 
 if __name__ == "__main__":
     main()

@@ -14,13 +14,12 @@ import threading
 import time
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from timar_msgs.msg import AudioChunk
 
 from .convert import sec_to_stamp
 from .params import declare, resolve_path
+from .spin import run_node
 
 
 def input_devices(sd) -> list[tuple[int, str, int]]:
@@ -143,23 +142,7 @@ class AudioCapture(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = AudioCapture()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError as e:
-        print(f"audio_capture: {e}")
-        raise SystemExit(1) from e
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-
+    run_node(AudioCapture, args, on_exit=lambda node: node.close(), fatal=(RuntimeError,))
 
 if __name__ == "__main__":
     main()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib
 import time
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -21,6 +19,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from timar_model.bag_eval import timar_typestore
 
 from .params import declare, resolve_path
+from .spin import run_node
 
 KNOWN_TYPES = {
     "user/audio": "timar_msgs/msg/AudioChunk",
@@ -106,19 +105,7 @@ class BagRecorder(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = BagRecorder()
-    try:
-        while rclpy.ok() and not node.finished():
-            rclpy.spin_once(node, timeout_sec=0.05)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-
+    run_node(BagRecorder, args, until=lambda node: node.finished(), on_exit=lambda node: node.close())
 
 if __name__ == "__main__":
     main()

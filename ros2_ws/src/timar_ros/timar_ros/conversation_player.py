@@ -14,8 +14,6 @@ import array
 import time
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -27,6 +25,7 @@ from timar_model.data.dualtalk import FPS, SAMPLE_RATE, list_samples
 
 from .convert import head_motion_msg, sec_to_stamp
 from .params import declare, resolve_path
+from .spin import run_node
 
 
 class ConversationPlayer(Node):
@@ -134,18 +133,7 @@ class ConversationPlayer(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = ConversationPlayer()
-    try:
-        while rclpy.ok() and not node.finished():
-            rclpy.spin_once(node, timeout_sec=0.05)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-
+    run_node(ConversationPlayer, args, until=lambda node: node.finished())
 
 if __name__ == "__main__":
     main()

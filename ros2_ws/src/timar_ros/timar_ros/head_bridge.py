@@ -9,9 +9,7 @@ whose points are the limited frames at i / fps from the turn's first display sta
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from timar_msgs.msg import HeadMotion
@@ -21,6 +19,7 @@ from timar_model.robot_head import HeadJointMapper, JointLimits, JointMapping, R
 
 from .convert import motion_from_msg, sec_to_stamp, stamp_to_sec
 from .params import declare
+from .spin import run_node
 
 
 def mapping_from_params(p: dict) -> list[JointMapping]:
@@ -95,17 +94,7 @@ class HeadBridge(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = HeadBridge()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-
+    run_node(HeadBridge, args)
 
 if __name__ == "__main__":
     main()
