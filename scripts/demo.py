@@ -43,7 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="outputs/demo", help="bag, logs, report and picture go here")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--param", action="append", default=[], metavar="NODE.NAME=VALUE",
+                    help="override a node parameter, e.g. --param agent.threads=1 (repeatable; YAML values)")
     args = ap.parse_args(argv)
+    params: dict[str, dict] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        node, dot, name = key.partition(".")
+        if not sep or not dot or not node or not name:
+            ap.error(f"--param {item!r}: expected NODE.NAME=VALUE, e.g. agent.threads=1")
+        params.setdefault(node, {})[name] = yaml.safe_load(value)
 
     ckpt = (ROOT / args.checkpoint).resolve()
     if not (ckpt / "config.json").is_file() or not (ckpt / "model.safetensors").is_file():
@@ -57,11 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     if bag.exists():
         shutil.rmtree(bag)  # the recorder never overwrites; this folder is the demo's own output
     out.mkdir(parents=True, exist_ok=True)
-    overrides = {"/**": {"ros__parameters": {
+    nodes = {
         "agent": {"checkpoint": str(ckpt), "device": args.device},
         "conversation_player": {"data_dir": str(split), "max_turns": int(args.seconds)},
         "bag_recorder": {"output": str(bag)},
-    }}}
+    }
+    for node, values in params.items():
+        nodes.setdefault(node, {}).update(values)
+    overrides = {"/**": {"ros__parameters": nodes}}
     run_yaml = out / "run.yaml"
     run_yaml.write_text(yaml.safe_dump(overrides))
     cmd = [sys.executable, "-m", "timar_ros.runner", "--config", str(ROOT / "config" / "demo.yaml"),

@@ -330,8 +330,14 @@ assert a.trigger_cleanup() == R.SUCCESS and a.gen is None  # model freed
 assert a.trigger_configure() == R.SUCCESS and a.trigger_activate() == R.SUCCESS
 b = agent(sys.argv[1] + "/missing", "bad")
 assert b.trigger_configure() == R.FAILURE and b.gen is None  # clear error, no crash
+from timar_ros.agent import inference_threads
+assert inference_threads(0, cores=2) == 1 and inference_threads(0, cores=16) == 8 and inference_threads(3) == 3
+c = TimarAgent(namespace="threads", parameter_overrides=[Parameter("agent.checkpoint", value=sys.argv[1]),
+                                                         Parameter("agent.autostart", value=False),
+                                                         Parameter("agent.threads", value=-1)])
+assert c.trigger_configure() == R.FAILURE and c.gen is None  # bad thread count: error, no crash
 a.on_deactivate(None)
-a.destroy_node(); b.destroy_node(); rclpy.shutdown()
+a.destroy_node(); b.destroy_node(); c.destroy_node(); rclpy.shutdown()
 print("lifecycle ok")
 """
 
@@ -345,6 +351,7 @@ def test_agent_lifecycle_loads_and_frees_model(tmp_path):
                                       f"{tmp_path / 'model'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "lifecycle ok" in r.stdout, r.stdout + r.stderr
     assert "checkpoint not found" in r.stderr + r.stdout
+    assert "agent.threads must be >= 0" in r.stderr + r.stdout
 
 
 # ----------------------------------------------------------------------------- audio_capture, file mode

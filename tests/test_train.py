@@ -236,6 +236,39 @@ def test_recipe_parsing(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
 
 
+def test_staged_training_copies_the_backbone_and_trains_only_the_head(data, tmp_path):
+    """Stage 1 (MLP head) -> stage 2 (diffusion head, backbone frozen): the backbone is copied from stage 1 and
+    does not move, the head does, the motion statistics are the first stage's."""
+    stage1 = train(tiny_recipe(data, model=dict(TINY_MODEL, head="mlp"), motion_norm=True), tmp_path / "s1",
+                   progress=False)
+    first = load_pretrained(stage1.final_dir)
+    recipe = tiny_recipe(data, init_from=str(stage1.final_dir), trainable=["diffloss."], motion_norm=True,
+                         val_every=100)
+    fresh = build_model(recipe)
+    assert fresh.config.motion_std == first.config.motion_std
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == {
+        n for n, _ in fresh.named_parameters() if n.startswith("diffloss.")
+    }
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    for k, v in first.state_dict().items():
+        if k in before:
+            assert torch.equal(before[k], v), k
+    stage2 = train(recipe, tmp_path / "s2", progress=False)
+    second = load_pretrained(stage2.final_dir)
+    after = second.state_dict()
+    for k, v in first.state_dict().items():
+        if not k.startswith("mlp_head"):
+            assert torch.equal(after[k], v), k  # frozen backbone exported unchanged
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("diffloss."))
+
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        build_model(tiny_recipe(data, trainable=["nothing."]))
+    with pytest.raises(FileNotFoundError, match="init_from .*config.json"):
+        build_model(tiny_recipe(data, init_from=str(tmp_path / "missing"), motion_norm=True))
+    with pytest.raises(ValueError, match="trainable must be a list"):
+        tiny_recipe(data, trainable="diffloss.")
+
+
 def test_shipped_recipes_parse():
     from pathlib import Path
 
@@ -246,6 +279,8 @@ def test_shipped_recipes_parse():
         cfg = build_config(r)
         assert cfg.context_turns == 8
     assert build_config(load_recipe(root / "small-synthetic-mlp.yaml")).head == "mlp"
+    stage2 = load_recipe(root / "small-synthetic.yaml")  # the shipped model: stage 2 on stage 1's backbone
+    assert stage2.init_from == "runs/small-synthetic-mlp/final" and stage2.trainable == ["diffloss."]
     large = load_recipe(root / "large-dualtalk.yaml")
     assert (
         large.preset == "large" and large.batch_size == 32 and large.blr == 1e-4 and large.ema_decay == 0.9999

@@ -75,6 +75,11 @@ class TimarConfig:
     diffusion_batch_mul: int = 4
     temperature: float = 1.0
     cfg: float = 1.0
+    # Sampling only (training is unchanged): clamp the learned-range variance output to its design range
+    # [-1, 1] (variance between the clipped posterior variance and beta). Off = the public code, which
+    # extrapolates; a briefly trained head can output far outside the range (mean 3-19 in the shipped
+    # small model), and the extrapolated noise of the 5 respaced steps then swamps the sample.
+    clamp_variance: bool = False
     # --- speech front-end ---
     speech_encoder: str = "logmel"
     speech_encoder_config: dict[str, Any] | None = None  # transformers config dict (wav2vec2 / hubert)

@@ -117,13 +117,15 @@ class DiffLoss(nn.Module):
         width: int,
         num_sampling_steps: str = "5",
         noise_schedule: str = "cosine",
+        clamp_variance: bool = False,
     ):
         super().__init__()
         self.in_channels = target_channels
         self.net = SimpleMLPAdaLN(target_channels, width, 2 * target_channels, z_channels, depth)
         self.train_diffusion = create_diffusion("", noise_schedule)
-        self.gen_diffusion = create_diffusion(num_sampling_steps, noise_schedule)
+        self.gen_diffusion = create_diffusion(num_sampling_steps, noise_schedule, clamp_variance=clamp_variance)
         self.noise_schedule = noise_schedule
+        self.clamp_variance = clamp_variance
 
     def forward(
         self,

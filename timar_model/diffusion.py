@@ -90,7 +90,10 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
 class GaussianDiffusion:
     """x0-predicting, learned-range-variance diffusion over `len(timestep_map)` (respaced) steps."""
 
-    def __init__(self, base_betas: np.ndarray, use_timesteps: Sequence[int] | None = None):
+    def __init__(
+        self, base_betas: np.ndarray, use_timesteps: Sequence[int] | None = None, clamp_variance: bool = False
+    ):
+        self.clamp_variance = clamp_variance  # sampling: learned-range output clamped to [-1, 1]
         base_alphas_cumprod = np.cumprod(1.0 - base_betas)
         if use_timesteps is None:
             use_timesteps = range(len(base_betas))
@@ -157,8 +160,13 @@ class GaussianDiffusion:
         }
 
     def p_mean_variance(self, net: NetFn, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> dict:
-        """t: (N,) respaced step indices; the net is called with the original indices."""
-        return self.output_to_mean_variance(net(x, self.original_t(t), c), x, t)
+        """t: (N,) respaced step indices; the net is called with the original indices. With clamp_variance the
+        variance output is limited to [-1, 1] (sampling only; training_losses never clamps)."""
+        out = net(x, self.original_t(t), c)
+        if self.clamp_variance:
+            C = x.shape[1]
+            out = torch.cat([out[:, :C], out[:, C:].clamp(-1.0, 1.0)], dim=1)
+        return self.output_to_mean_variance(out, x, t)
 
     def training_losses(
         self,
@@ -229,7 +237,10 @@ class GaussianDiffusion:
 
 
 def create_diffusion(
-    timestep_respacing: str | Sequence[int] = "", noise_schedule: str = "cosine", diffusion_steps: int = 1000
+    timestep_respacing: str | Sequence[int] = "",
+    noise_schedule: str = "cosine",
+    diffusion_steps: int = 1000,
+    clamp_variance: bool = False,
 ) -> GaussianDiffusion:
     if noise_schedule == "cosine":
         betas = cosine_betas(diffusion_steps)
@@ -239,4 +250,4 @@ def create_diffusion(
         raise ValueError(f"create_diffusion: unknown noise_schedule {noise_schedule!r}")
     if timestep_respacing in ("", None):
         timestep_respacing = [diffusion_steps]
-    return GaussianDiffusion(betas, space_timesteps(diffusion_steps, timestep_respacing))
+    return GaussianDiffusion(betas, space_timesteps(diffusion_steps, timestep_respacing), clamp_variance)

@@ -83,7 +83,9 @@ class StreamingGenerator:
         self.temperature = cfg.temperature if temperature is None else float(temperature)
         self.diffusion = None
         if num_sampling_steps is not None and cfg.head == "diffusion":
-            self.diffusion = create_diffusion(str(num_sampling_steps), cfg.noise_schedule)
+            self.diffusion = create_diffusion(
+                str(num_sampling_steps), cfg.noise_schedule, clamp_variance=cfg.clamp_variance
+            )
         self.audio_norm = audio_norm or ("turn" if cfg.audio_norm == "file" else cfg.audio_norm)
         if self.audio_norm not in ("turn", "running", "none"):
             raise ValueError(

@@ -155,6 +155,7 @@ class TIMAR(nn.Module):
                 c.diffloss_width,
                 c.num_sampling_steps,
                 c.noise_schedule,
+                clamp_variance=c.clamp_variance,
             )
         else:
             self.mlp_head = MLPHead(c.head_width, c.motion_dim)

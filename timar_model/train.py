@@ -98,6 +98,12 @@ class TrainRecipe:
     val_max_seconds: int | None = 20  # cut each validation sample
     export_fp16: bool = False  # store the exported EMA weights as float16
     find_unused_parameters: bool = False  # DDP option
+    # staged training: start from the weights of an exported model (a `final/` folder or models/<name>):
+    # every parameter whose name and shape match is copied, the rest keep their fresh init
+    init_from: str | None = None
+    # train only parameters whose names start with one of these prefixes (None: all). The others are frozen
+    # (requires_grad False: left out of the optimiser, the EMA copies them unchanged)
+    trainable: list | None = None
 
     def validate(self, source: str = "recipe") -> None:
         def bad(msg: str) -> ValueError:
@@ -120,6 +126,10 @@ class TrainRecipe:
         for k in ("log_every", "ckpt_every"):
             if getattr(self, k) < 1:
                 raise bad(f"{k} must be >= 1")
+        if self.trainable is not None and (
+            not isinstance(self.trainable, list) or not all(isinstance(x, str) and x for x in self.trainable)
+        ):
+            raise bad(f"trainable must be a list of parameter-name prefixes, got {self.trainable!r}")
 
 
 def _coerce(text: str):
@@ -215,12 +225,65 @@ def build_model(recipe: TrainRecipe) -> nn.Module:
             "speech_encoder_config": speech_config_dict(speech),
             "speech_dim": speech.config.hidden_size,
         }
+    source = _init_config(recipe)  # the first stage's config (None without init_from)
     if recipe.motion_norm and "motion_std" not in recipe.model:
-        extra.update(motion_statistics(Path(recipe.train_data)))
+        if source is not None and source.motion_std is not None:  # keep the space the weights were trained in
+            extra.update(motion_mean=list(source.motion_mean), motion_std=list(source.motion_std))
+        else:
+            extra.update(motion_statistics(Path(recipe.train_data)))
     model = TIMAR(build_config(recipe, extra))
     if speech is not None:
         model.speech_encoder.model.load_state_dict(speech.state_dict())
+    if recipe.init_from:
+        init_from_pretrained(model, Path(recipe.init_from))
+    if recipe.trainable is not None:
+        freeze_except(model, recipe.trainable)
     return model
+
+
+def _init_config(recipe: TrainRecipe):
+    """The TimarConfig of recipe.init_from (None without one); a clear error when it is missing."""
+    if not recipe.init_from:
+        return None
+    from timar_model.checkpoint import CONFIG_NAME
+    from timar_model.config import TimarConfig
+
+    path = Path(recipe.init_from) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init_from {recipe.init_from}: no {CONFIG_NAME} there (train the first stage, e.g. "
+            "`timar train --config config/train/small-synthetic-mlp.yaml`, or point at an exported model)"
+        )
+    return TimarConfig.load(path)
+
+
+def init_from_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Copy every parameter / buffer of the exported model at `path` whose name and shape match into `model`.
+    Returns (copied, kept) names: `kept` are the model's own entries that stayed freshly initialised (e.g.
+    a diffusion head when starting from an MLP-head model)."""
+    from timar_model.checkpoint import load_pretrained
+
+    src = load_pretrained(path).state_dict()
+    own = model.state_dict()
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape]
+    if not copied:
+        raise ValueError(f"init_from {path}: no parameter matches this recipe's model (name and shape)")
+    model.load_state_dict({k: src[k].to(own[k].dtype) for k in copied}, strict=False)
+    kept = [k for k in own if k not in set(copied)]
+    return copied, kept
+
+
+def freeze_except(model: nn.Module, prefixes: list[str]) -> int:
+    """requires_grad False for every parameter whose name starts with none of `prefixes`; returns the number
+    of parameters left trainable (an error when none is)."""
+    n = 0
+    for name, p in model.named_parameters():
+        keep = name.startswith(tuple(prefixes))
+        p.requires_grad_(keep and p.requires_grad)
+        n += p.numel() if p.requires_grad else 0
+    if n == 0:
+        raise ValueError(f"trainable {prefixes}: matches no trainable parameter")
+    return n
 
 
 def motion_statistics(train_dir: Path, min_std: float = 1e-3) -> dict[str, list[float]]:
