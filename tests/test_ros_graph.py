@@ -397,3 +397,20 @@ def test_audio_capture_plays_a_wav_like_a_microphone(tmp_path):
     assert "CHUNKS 20 RATE 22050 CH 2" in out, out + cap_out  # 2 s in 0.1 s blocks, all received
     assert float(out.split("MAXERR")[1].split()[0]) < 1e-6
     assert "file finished" in cap_out
+
+
+# ----------------------------------------------------------------------------- runner: core isolation
+@pytest.mark.ros
+@pytest.mark.skipif(not ENV_SH.is_file(), reason="env.sh (venv + ROS 2 + built workspace) not set up")
+def test_runner_cpu_affinity_is_checked():
+    from timar_ros.runner import cpu_affinity
+
+    usable = sorted(os.sched_getaffinity(0))
+    nodes = ["agent", "bag_recorder"]
+    assert cpu_affinity(None, nodes) == {}
+    assert cpu_affinity({"bag_recorder": [usable[0]]}, nodes) == {"bag_recorder": {usable[0]}}
+    assert cpu_affinity({"agent": usable[-1]}, nodes) == {"agent": {usable[-1]}}
+    for bad in ({"head_bridge": [usable[0]]}, {"agent": []}, {"agent": [max(usable) + 64]}, {"agent": ["0"]},
+                [usable[0]]):
+        with pytest.raises(SystemExit, match="cpu_affinity"):
+            cpu_affinity(bad, nodes)

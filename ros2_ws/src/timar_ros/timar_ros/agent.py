@@ -255,6 +255,12 @@ class TimarAgent(LifecycleNode):
 
     # ------------------------------------------------------------------ inference + playback
     def _inference_loop(self) -> None:
+        cpu = self.p["inference_cpu"]
+        if cpu >= 0:  # keep generation on one core (put the other nodes elsewhere: runner.cpu_affinity)
+            try:
+                os.sched_setaffinity(threading.get_native_id(), {cpu})
+            except (OSError, ValueError, AttributeError) as e:
+                self.get_logger().warn(f"agent.inference_cpu {cpu}: could not pin the inference thread: {e}")
         while not self._stop.is_set():
             turn = self._turns.get()
             if turn is None:

@@ -47,6 +47,26 @@ def effective_param(files: list[Path], group: str, name: str, overrides: list[st
     return value
 
 
+def cpu_affinity(spec, nodes: list[str]) -> dict[str, set[int]]:
+    """`runner: cpu_affinity: {node: [cpu, ...]}` -> {node: {cpus}}, checked against the node list and the CPUs
+    this process may use (e.g. keep the recorder and the player off the core that runs inference)."""
+    if not spec:
+        return {}
+    if not isinstance(spec, dict):
+        raise SystemExit(f"timar_run: runner.cpu_affinity must map node -> list of CPUs, got {spec!r}")
+    usable = os.sched_getaffinity(0)
+    out = {}
+    for node, cpus in spec.items():
+        if node not in nodes:
+            raise SystemExit(f"timar_run: runner.cpu_affinity names {node!r}, which is not started ({nodes})")
+        cpus = {cpus} if isinstance(cpus, int) else set(cpus or [])
+        if not cpus or not all(isinstance(c, int) for c in cpus) or not cpus <= usable:
+            raise SystemExit(f"timar_run: runner.cpu_affinity.{node} = {sorted(cpus)}: CPUs must be a non-empty "
+                             f"subset of {sorted(usable)}")
+        out[node] = cpus
+    return out
+
+
 def node_command(
     node: str, params_files: list[Path], overrides: list[str], namespace: str | None
 ) -> list[str]:
@@ -104,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in nodes + wait_for:
         if n not in NODES:
             raise SystemExit(f"timar_run: unknown node {n!r}; available: {', '.join(NODES)}")
+    affinity = cpu_affinity(section.get("cpu_affinity"), nodes)
     files = [base] + [c for c in configs if c != base]
     log_dir = Path(args.log_dir) if args.log_dir else None
     if log_dir:
@@ -124,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             if sim_time and n != "conversation_player":
                 overrides.append("use_sim_time:=true")  # the player's /clock runs at `rate`
             cmd = node_command(n, files, overrides, args.namespace)
-            procs[n] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+            cpus = affinity.get(n)
+            procs[n] = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                preexec_fn=(lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None,
+            )
             print(f"[timar_run] started {n} (pid {procs[n].pid})", flush=True)
         t_end = time.monotonic() + args.timeout if args.timeout > 0 else float("inf")
         failed = []
