@@ -36,6 +36,11 @@ def ensure_conversation(data: Path, seconds: float, seed: int) -> Path:
     return split
 
 
+class NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def pinning(args) -> dict[str, dict]:
     """Core isolation for a CPU-only run: the agent's inference thread on the last usable CPU, the player,
     recorder and bridge on the others (5-min session here: turn end -> first frame p95 147 ms pinned vs
@@ -45,7 +50,7 @@ def pinning(args) -> dict[str, dict]:
         return {"agent": {}, "runner": {}}
     rest = cpus[:-1]
     return {"agent": {"inference_cpu": cpus[-1]},
-            "runner": {"cpu_affinity": {n: rest for n in ("conversation_player", "bag_recorder", "head_bridge")}}}
+            "runner": {"cpu_affinity": {n: list(rest) for n in ("conversation_player", "bag_recorder", "head_bridge")}}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         nodes.setdefault(node, {}).update(values)
     overrides = {"/**": {"ros__parameters": nodes}}
     run_yaml = out / "run.yaml"
-    run_yaml.write_text(yaml.safe_dump(overrides))
+    run_yaml.write_text(yaml.dump(overrides, Dumper=NoAliasDumper))  # rcl refuses YAML aliases
     cmd = [sys.executable, "-m", "timar_ros.runner", "--config", str(ROOT / "config" / "demo.yaml"),
            "--config", str(run_yaml), "--log-dir", str(out / "logs"), "--timeout", str(args.seconds + 90)]
     print(f"[demo] {' '.join(cmd)}")
