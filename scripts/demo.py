@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     if bag.exists():
         shutil.rmtree(bag)  # the recorder never overwrites; this folder is the demo's own output
     out.mkdir(parents=True, exist_ok=True)
+    pin = pinning(args)
     nodes = {
-        "agent": {"checkpoint": str(ckpt), "device": args.device, **pinning(args)["agent"]},
-        "runner": pinning(args)["runner"],
+        "agent": {"checkpoint": str(ckpt), "device": args.device, **pin["agent"]},
+        "runner": pin["runner"],
         "conversation_player": {"data_dir": str(split), "max_turns": int(args.seconds)},
         "bag_recorder": {"output": str(bag)},
     }

@@ -125,7 +125,6 @@ class DiffLoss(nn.Module):
         self.train_diffusion = create_diffusion("", noise_schedule)
         self.gen_diffusion = create_diffusion(num_sampling_steps, noise_schedule, clamp_variance=clamp_variance)
         self.noise_schedule = noise_schedule
-        self.clamp_variance = clamp_variance
 
     def forward(
         self,
