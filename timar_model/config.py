@@ -77,8 +77,8 @@ class TimarConfig:
     cfg: float = 1.0
     # Sampling only (training is unchanged): clamp the learned-range variance output to its design range
     # [-1, 1] (variance between the clipped posterior variance and beta). Off = the public code, which
-    # extrapolates; a briefly trained head can output far outside the range (mean 3-19 in the shipped
-    # small model), and the extrapolated noise of the 5 respaced steps then swamps the sample.
+    # extrapolates; a briefly trained head can output far outside the range (means 1.5-19 in the shipped
+    # small model: scripts/probe_model.py), and the extrapolated noise of the 5 respaced steps then swamps the sample.
     clamp_variance: bool = False
     # --- speech front-end ---
     speech_encoder: str = "logmel"

@@ -345,8 +345,8 @@ def _deactivate(node: TimarAgent) -> None:
 # Python hands the GIL to a waiting thread only every `switch interval` (5 ms by default). The inference thread
 # needs it between torch ops (a few hundred per turn) while the executor and player threads take it for every
 # message and timer. In 60 s demo sessions (1 inference thread) 0.5 ms gave turn end -> first frame p95
-# 130/134 ms vs 154 ms at the default; a bench with one busy Python thread beside inference showed no
-# difference (94 vs 101 ms median), so the gain is within this machine's run-to-run noise.
+# 130/134 ms vs 154 ms at the default (scripts/demo.py --seconds 60 --param agent.threads=1), one run each,
+# which is within this machine's run-to-run noise.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
