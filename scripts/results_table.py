@@ -3,7 +3,8 @@
     python scripts/results_table.py outputs/eval [--systems timar-small,mlp-head,zero,mean,copy-partner]
 
 Reads <root>/<system>/<split>/metrics.json and prints, for every split and context n, one table in the
-paper's scaling (FD / P-FD / MSE / SID / rPCC for exp, jaw, pose) plus the jaw-speech correlations, and a
+paper's scaling (FD / P-FD / MSE / SID / rPCC for exp, jaw, pose) plus the jaw-speech correlations, the
+head speed relative to the ground truth (1 = as smooth as the data), and a
 check of the model against every baseline on FD-exp, MSE-jaw and P-FD-pose.
 """
 
@@ -39,7 +40,8 @@ def load(root: Path, systems: list[str]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def tables(results: dict[str, dict[str, dict]], model: str) -> str:
+def tables(results: dict[str, dict[str, dict]], model: str, variants: tuple[str, ...] = ()) -> str:
+    """`variants` (e.g. the model at other sampling settings) are shown but not checked against."""
     lines: list[str] = []
     for split, by_system in results.items():
         contexts = sorted({c for m in by_system.values() for c in m["contexts"]}, key=lambda c: int(c[1:]))
@@ -47,20 +49,22 @@ def tables(results: dict[str, dict[str, dict]], model: str) -> str:
             rows = {s: m["contexts"][ctx] for s, m in by_system.items() if ctx in m["contexts"]}
             any_row = next(iter(rows.values()))
             lines.append(f"**{split}, n = {ctx[1:]}** ({any_row['samples']} predictions)\n")
-            header = ["system", *(_label(k) for k in TABLE_KEYS), "jaw~speech pred", "jaw~speech GT", "jaw PCC"]
+            header = ["system", *(_label(k) for k in TABLE_KEYS), "jaw~speech pred", "jaw~speech GT", "jaw PCC",
+                      "head speed / GT"]
             lines.append("| " + " | ".join(header) + " |")
             lines.append("|" + "---|" * len(header))
             for system, r in rows.items():
                 pub, mean = r["published"], r["mean"]
                 cells = [_cell(pub.get(k)) for k in TABLE_KEYS]
-                extra = [_cell(mean.get(k), 3) for k in ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc")]
+                extra = [_cell(mean.get(k), 3) for k in ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc",
+                                                          "head_speed_ratio")]
                 name = f"**{system}**" if system == model else system
                 lines.append("| " + " | ".join([name, *cells, *extra]) + " |")
             if model in rows:
                 verdicts = []
                 for key in CHECKED:
                     ours = rows[model]["mean"][key]
-                    others = {s: r["mean"][key] for s, r in rows.items() if s != model}
+                    others = {s: r["mean"][key] for s, r in rows.items() if s != model and s not in variants}
                     worst = [s for s, v in others.items() if not ours < v]
                     verdicts.append(f"{_label(key).split(' ')[0]}: " + ("beats all" if not worst else
                                                                         f"NOT better than {', '.join(worst)}"))
@@ -74,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="folder holding <system>/<split>/metrics.json")
     parser.add_argument("--systems", default="timar-small,mlp-head,zero,mean,copy-partner")
     parser.add_argument("--model", default="timar-small", help="the system checked against the others")
+    parser.add_argument("--variants", default="", help="systems shown but not checked against (comma list)")
     args = parser.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     results = load(args.root, systems)
     if not results:
         print(f"no metrics.json under {args.root}/<system>/<split>/ for systems {systems}", file=sys.stderr)
         return 1
-    print(tables(results, args.model))
+    print(tables(results, args.model, tuple(v for v in args.variants.split(",") if v)))
     return 0
 
 

@@ -107,6 +107,8 @@ def test_copy_partner_metrics_follow_from_definitions(corpus):
     # the copy's jaw is the partner's: it follows the partner's speech, not the agent's
     assert m["jaw_speech_gt"] > 0.7
     assert m["jaw_speech_pred"] < 0.4
+    # head speed relative to the agent's GT: the partner's own speed over the agent's
+    assert m["head_speed_ratio"] == pytest.approx(M.head_speed(partner) / M.head_speed(gt), rel=1e-9)
 
 
 def test_mean_baseline(corpus):
@@ -218,7 +220,8 @@ def test_predictions_are_compared_with_the_right_speaker(corpus, tmp_path):
     assert pose.shape == (75, 6)
 
 
-def test_cli_checkpoint_streams_every_role_and_context(corpus, tmp_path):
+def tiny_checkpoint(path):
+    """A 1-block random TIMAR saved at `path` (its heads perturbed so they do not predict 0)."""
     import torch
 
     from timar_model.checkpoint import save_pretrained
@@ -244,7 +247,11 @@ def test_cli_checkpoint_streams_every_role_and_context(corpus, tmp_path):
     with torch.no_grad():  # zero-initialised heads would predict exactly 0 everywhere
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    ckpt = save_pretrained(model, tmp_path / "model")
+    return save_pretrained(model, path)
+
+
+def test_cli_checkpoint_streams_every_role_and_context(corpus, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "model")
     _, test = corpus
     out = tmp_path / "eval"
     assert cli(["--checkpoint", ckpt, "--data", test, "--context", "0,1", "--out", out]) == 0
@@ -267,3 +274,53 @@ def test_cli_checkpoint_streams_every_role_and_context(corpus, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "n1" / "c0_speaker1.npy"), b)
     with pytest.raises(ValueError, match="context_turns=2"):
         cli(["--checkpoint", ckpt, "--data", test, "--context", "2", "--out", out])
+
+
+def test_temperature_sweep_script(corpus, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "temperature_sweep.py"
+    spec = importlib.util.spec_from_file_location("temperature_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    ckpt = tiny_checkpoint(tmp_path / "model")
+    _, test = corpus
+    out = tmp_path / "sweep"
+    argv = [str(ckpt), "--data", str(test), "--temperatures", "1,0.2", "--noise-correlations", "0,0.9",
+            "--context", "1", "--out", str(out)]
+    assert sweep.main(argv) == 0
+    # one evaluation per setting, made with that setting: the samples differ
+    preds = [np.load(out / d / "n1" / "c0_speaker1.npy") for d in ("t0.2-r0", "t1-r0", "t1-r0.9")]
+    assert not np.array_equal(preds[0], preds[1]) and not np.array_equal(preds[1], preds[2])
+    # correlated noise moves the head less from frame to frame
+    assert M.head_speed(preds[2]) < M.head_speed(preds[1])
+    rows = [r.split(",") for r in (out / "sweep.csv").read_text().splitlines()]
+    assert rows[0][:3] == ["temperature", "noise_correlation", "fid_exp"]
+    assert [tuple(r[:2]) for r in rows[1:]] == [("0.2", "0"), ("1", "0"), ("0.2", "0.9"), ("1", "0.9")]
+    t, r = min(rows[1:], key=lambda r: float(r[2]))[:2]
+    assert f"lowest FD-exp: temperature {t}, noise correlation {r} " in (out / "sweep.md").read_text()
+    assert (out / "sweep.png").stat().st_size > 10_000
+    # a second run reuses the evaluations it finds
+    stamp = (out / "t1-r0" / "metrics.json").stat().st_mtime_ns
+    assert sweep.main(argv) == 0
+    assert (out / "t1-r0" / "metrics.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="temperatures"):
+        sweep.main([str(ckpt), "--data", str(test), "--temperatures", "-1", "--out", str(out)])
+    with pytest.raises(ValueError, match="noise-correlations"):
+        sweep.main([str(ckpt), "--data", str(test), "--noise-correlations", "1", "--out", str(out)])
+
+
+def test_temperature_sweep_pick():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "temperature_sweep.py"
+    spec = importlib.util.spec_from_file_location("temperature_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    fd = {(0.4, 0.0): 9.0, (1.0, 0.0): 11.0, (0.4, 0.9): 9.8, (1.0, 0.9): 9.5, (0.4, 0.97): 10.5, (1.0, 0.97): 12.0}
+    rows = {k: {"fid_exp": v} for k, v in fd.items()}
+    assert sweep.pick(rows, 0.1) == (1.0, 0.9)  # 0.97's best (10.5) is > 9.9; 0.9's best is at T = 1
+    assert sweep.pick(rows, 0.2) == (0.4, 0.97)
+    assert sweep.pick(rows, 0.0) == (0.4, 0.0)

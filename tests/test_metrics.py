@@ -150,6 +150,20 @@ def test_speech_envelope_and_jaw_correlation():
         metrics.speech_envelope(np.zeros((10, 2)))
 
 
+def test_head_speed_measures_frame_to_frame_change():
+    motion = np.zeros((50, 56))
+    motion[:, 53] = 0.1  # a held pose does not move
+    assert metrics.head_speed(motion) == 0.0
+    motion[:, 53] = 0.01 * np.arange(50)  # a steady turn: 0.01 rad per frame
+    assert metrics.head_speed(motion) == pytest.approx(0.01)
+    jitter = motion.copy()
+    jitter[::2, 54] += 0.02  # same path, plus a frame-to-frame zigzag on another axis
+    assert metrics.head_speed(jitter) == pytest.approx(np.hypot(0.01, 0.02))
+    motion[:, :53] = np.random.default_rng(0).normal(size=(50, 53))  # only the head rotation counts
+    assert metrics.head_speed(motion) == pytest.approx(0.01)
+    assert np.isnan(metrics.head_speed(motion[:1]))
+
+
 def test_metrics_cli_matches_fixture(tmp_path, capsys):
     from timar_model.cli import main
 

@@ -99,6 +99,34 @@ def test_explicit_noise_overrides_generator(model):
         StreamingGenerator(model).step(*x, noise=noise[:, :3])
 
 
+def test_coherent_noise_is_a_unit_variance_ar1_across_turns(model):
+    gen = StreamingGenerator(model, noise_correlation=0.9, seed=3)
+    e = torch.cat([gen.coherent_noise(25) for _ in range(200)], dim=1)  # (steps + 1, 5000 frames, 56)
+    assert e.shape == (6, 5000, 56)
+    assert e.var().item() == pytest.approx(1.0, abs=0.05)
+    lag1 = (e[:, 1:] * e[:, :-1]).mean().item()
+    assert lag1 == pytest.approx(0.9, abs=0.03)
+    at_boundaries = (e[:, 25::25] * e[:, 24:-1:25]).mean().item()  # the last frame of a turn -> the next
+    assert at_boundaries == pytest.approx(0.9, abs=0.08)
+    # steps and channels are independent processes
+    assert abs((e[0] * e[1]).mean().item()) < 0.05 and abs((e[:, :, 0] * e[:, :, 1]).mean().item()) < 0.05
+    gen.reset()  # a new conversation starts a fresh process, as the seed says
+    np.testing.assert_array_equal(gen.coherent_noise(25).numpy(), e[:, :25].numpy())
+    with pytest.raises(ValueError, match="noise_correlation"):
+        StreamingGenerator(model, noise_correlation=1.0)
+
+
+def test_coherent_noise_smooths_the_output(model):
+    def mean_step(rho):
+        gen = StreamingGenerator(model, noise_correlation=rho, seed=0)
+        out = np.concatenate([gen.step(*x) for x in turns(6, seed=4)])
+        return np.abs(np.diff(out, axis=0)).mean(), out.std(0).mean()
+
+    (jumpy, spread0), (smooth, spread) = mean_step(0.0), mean_step(0.95)
+    assert smooth < 0.5 * jumpy  # frame-to-frame change
+    assert spread == pytest.approx(spread0, rel=0.2)  # without shrinking the spread across frames much
+
+
 def test_output_depends_on_window_only(model):
     """mask_history_agent: after the window slides, turns older than the window no longer matter."""
     data = turns(8, seed=2)

@@ -80,6 +80,11 @@ class TimarConfig:
     # extrapolates; a briefly trained head can output far outside the range (means 1.5-19 in the shipped
     # small model: scripts/probe_model.py), and the extrapolated noise of the 5 respaced steps then swamps the sample.
     clamp_variance: bool = False
+    # Sampling only, streaming: correlation rho of the diffusion noise from one frame to the next (an AR(1)
+    # process with unit variance per frame, continuous across turns, one per sampling step and channel).
+    # 0 = an independent draw per token, as the public code; each frame's marginal is N(0, I) either way,
+    # but independent draws make a per-token head jitter from frame to frame (`head_speed_ratio`).
+    noise_correlation: float = 0.0
     # --- speech front-end ---
     speech_encoder: str = "logmel"
     speech_encoder_config: dict[str, Any] | None = None  # transformers config dict (wav2vec2 / hubert)

@@ -15,7 +15,9 @@ averaged over samples, printed in the published scaling and written to
 
 Besides the DualTalk metrics, each sample reports how the jaw follows speech: `jaw_speech_pred` /
 `jaw_speech_gt` = Pearson correlation between the (predicted / GT) jaw opening and the agent's own
-speech RMS envelope, and `jaw_pcc` = correlation between predicted and GT jaw opening.
+speech RMS envelope, and `jaw_pcc` = correlation between predicted and GT jaw opening. And how smooth
+the head is: `head_speed_ratio` = mean frame-to-frame head-rotation change of the prediction / of the GT
+(1 = as smooth as the data; a frame-to-frame jitter shows as > 1).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from timar_model.data.dualtalk import dualtalk_from_motion56
 
 FRAMES_PER_TURN = 25
 SAMPLES_PER_TURN = 16000
-EXTRA_KEYS: tuple[str, ...] = ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc")
+EXTRA_KEYS: tuple[str, ...] = ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc", "head_speed_ratio")
 
 # A predictor maps (sample, number of whole turns) -> (turns * 25, 56) float32.
 Predictor = Callable[[object, int], np.ndarray]
@@ -88,6 +90,8 @@ def sample_metrics(pred: np.ndarray, sample) -> dict[str, float]:
     out["jaw_speech_gt"] = M.jaw_speech_correlation(np.asarray(sample.agent_motion)[:n], audio)
     a, b = M.jaw_opening(pred), M.jaw_opening(np.asarray(sample.agent_motion)[:n])
     out["jaw_pcc"] = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    gt_speed = M.head_speed(np.asarray(sample.agent_motion)[:n])
+    out["head_speed_ratio"] = M.head_speed(pred) / gt_speed if gt_speed > 0 else float("nan")  # 1 = GT's
     return out
 
 
@@ -246,6 +250,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--steps", type=int, help="diffusion sampling steps (default: the model config)")
     parser.add_argument("--temperature", type=float, help="sampling temperature (default: the model config)")
+    parser.add_argument(
+        "--noise-correlation",
+        type=float,
+        help="frame-to-frame correlation of the sampling noise in [0, 1) (default: the model config; 0 = the paper)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (each sample restarts from it)")
 
 
@@ -299,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
                 num_sampling_steps=args.steps,
                 temperature=args.temperature,
                 seed=args.seed,
+                noise_correlation=args.noise_correlation,
             )
             predictors[n] = generator_predictor(gen)
         meta.update(checkpoint=str(args.checkpoint), seed=args.seed, device=args.device, dtype=args.dtype)
@@ -315,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
             f"n={r.context}: {len(r.per_sample)} samples; "
             f"jaw~speech corr pred {r.mean['jaw_speech_pred']:.3f} "
             f"gt {r.mean['jaw_speech_gt']:.3f}; jaw pred~gt {r.mean['jaw_pcc']:.3f}; "
+            f"head speed / GT {r.mean['head_speed_ratio']:.2f}; "
             f"generation {r.seconds:.1f} s"
         )
     print(f"wrote {out}/metrics.json, {out}/summary.csv and n<ctx>/*.npy")

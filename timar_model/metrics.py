@@ -225,6 +225,16 @@ def jaw_opening(motion56: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(motion56, dtype=np.float64)[:, 50:53], axis=1)
 
 
+def head_speed(motion56: np.ndarray) -> float:
+    """Mean frame-to-frame change of the head rotation (rad per frame): the norm of the difference of
+    consecutive axis-angle vectors (columns 53:56), averaged. A motion that jitters frame to frame has a
+    higher speed than its ground truth at the same amplitude. (T, 56) -> float (NaN when T < 2)."""
+    rot = np.asarray(motion56, dtype=np.float64)[:, 53:56]
+    if len(rot) < 2:
+        return float("nan")
+    return float(np.linalg.norm(np.diff(rot, axis=0), axis=1).mean())
+
+
 def jaw_speech_correlation(motion56: np.ndarray, audio16k: np.ndarray, fps: int = 25) -> float:
     """Pearson correlation between jaw opening and the speech RMS envelope, over the common frames.
     Returns NaN if either signal is constant (e.g. silence)."""

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CHECK_FILE = "card_check.json"
-KEYS = ("fid_exp", "p_fid_exp", "mse_exp", "mse_jaw", "mse_pose", "p_fid_pose", "jaw_speech_pred", "jaw_pcc")
+KEYS = ("fid_exp", "p_fid_exp", "mse_exp", "mse_jaw", "mse_pose", "p_fid_pose", "jaw_speech_pred", "jaw_pcc",
+        "head_speed_ratio")
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class StreamingGenerator:
         temperature: float | None = None,
         seed: int | None = 0,
         audio_norm: str | None = None,
+        noise_correlation: float | None = None,
     ):
         cfg = model.config
         if dtype not in DTYPES:
@@ -81,6 +82,10 @@ class StreamingGenerator:
                 f"(the model's position table), got {context_turns}"
             )
         self.temperature = cfg.temperature if temperature is None else float(temperature)
+        rho = getattr(cfg, "noise_correlation", 0.0) if noise_correlation is None else float(noise_correlation)
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"StreamingGenerator: noise_correlation must be in [0, 1), got {rho}")
+        self.noise_correlation = rho
         self.diffusion = None
         if num_sampling_steps is not None and cfg.head == "diffusion":
             self.diffusion = create_diffusion(
@@ -112,6 +117,7 @@ class StreamingGenerator:
         temperature: float | None = None,
         seed: int | None = 0,
         audio_norm: str | None = None,
+        noise_correlation: float | None = None,
     ) -> StreamingGenerator:
         from .checkpoint import load_pretrained
 
@@ -124,6 +130,7 @@ class StreamingGenerator:
             temperature=temperature,
             seed=seed,
             audio_norm=audio_norm,
+            noise_correlation=noise_correlation,
         )
 
     # ------------------------------------------------------------------ properties
@@ -154,6 +161,7 @@ class StreamingGenerator:
         else:
             self.generator.seed()
         self.turn_index = 0
+        self._noise_state: torch.Tensor | None = None  # (steps + 1, C): last frame's noise (noise_correlation)
 
     # ------------------------------------------------------------------ one turn
     def _check(self, name: str, x, shape: tuple[int, ...]) -> np.ndarray:
@@ -170,6 +178,21 @@ class StreamingGenerator:
         if self.audio_norm == "running":
             return self._norm[who](audio)
         return audio
+
+    def coherent_noise(self, frames: int) -> torch.Tensor:
+        """Diffusion noise for the next `frames` frames, (steps + 1, frames, C): per sampling step and channel an
+        AR(1) process e_f = rho * e_(f-1) + sqrt(1 - rho^2) * w_f (w ~ N(0, 1)), unit variance, continued
+        from the previous turn's last frame."""
+        diffusion = self.diffusion or self.model.diffloss.gen_diffusion
+        S, C, rho = diffusion.num_timesteps + 1, self.config.motion_dim, self.noise_correlation
+        w = torch.randn(S, frames, C, generator=self.generator, device=self.generator.device)
+        out = torch.empty_like(w)
+        prev = self._noise_state
+        for f in range(frames):
+            prev = w[:, f] if prev is None else rho * prev + (1.0 - rho * rho) ** 0.5 * w[:, f]
+            out[:, f] = prev
+        self._noise_state = prev
+        return out.to(self.device)
 
     def _window(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         """For a window of T tokens: mask (T,) bool of every agent-motion position (all masked) and
@@ -204,6 +227,8 @@ class StreamingGenerator:
         z = m.forward_backbone(tokens, mask, out_index=out_index)[0].float()  # (F, Wz)
         self._sync()
         t2 = time.perf_counter()
+        if noise is None and self.noise_correlation > 0 and self.config.head == "diffusion":
+            noise = self.coherent_noise(F)
         motion = m.sample_positions(
             z,
             temperature=self.temperature,

@@ -99,6 +99,7 @@ class TimarAgent(LifecycleNode):
                 context_turns=p["context_turns"] or None,
                 num_sampling_steps=p["sampling_steps"] or None,
                 temperature=None if p["temperature"] < 0 else p["temperature"],
+                noise_correlation=None if p["noise_correlation"] < 0 else p["noise_correlation"],
                 seed=p["seed"],
             )
         except Exception as e:  # bad checkpoint / device / dtype: stay unconfigured with a clear message

@@ -1,0 +1,127 @@
+"""Where TIMAR's MSE-jaw comes from, next to the MLP-head ablation's, on 8-turn windows of a split.
+
+    python scripts/jaw_mse_budget.py runs/small-synthetic/final --mlp runs/small-synthetic-mlp/final \
+        [--data data/synth-val/test] [--temperatures 1,0.7,0.5,0.3]
+
+Prints MSE-jaw (x1e3, the published scaling; mean over the 3 jaw channels) of:
+- the synthetic corpus's own rule (`timar_model.data.synth`) as a predictor, when the split has a
+  manifest.json next to it: knowing each speaker's jaw_gain / jaw_lag (only the rule's noise is left), and
+  with the training range's mid gain / lag (what a model that cannot see the speaker's style can reach);
+- the MLP head on the backbone output z (when `--mlp` shares the model's backbone, as with the two-stage
+  recipe; the backbone is checked parameter by parameter);
+- the diffusion head's own regression: its x0 prediction at t = 999 (x_t is then pure noise, so this is
+  its estimate of E[x | z]);
+- diffusion samples at each temperature (the configured number of steps), and their mean squared distance
+  to that x0 (the spread the sampler adds).
+A sampler whose spread matches the data pays that spread on top of the regression's error; a regressor
+does not. The streaming evaluation (`timar eval`) gives slightly different absolute values (whole
+clips, turn by turn) but the same ordering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from timar_model.checkpoint import load_pretrained
+from timar_model.data.dualtalk import DualTalkWindows
+from timar_model.diffusion import create_diffusion
+from timar_model.timar import AGENT_MOTION
+
+JAW = slice(50, 53)  # jaw axis-angle in the 56-d motion vector [exp 50 | jaw 3 | head 3]
+
+
+def mse_jaw(pred: np.ndarray, gt: np.ndarray) -> float:
+    """MSE over the 3 jaw channels, x1e3 (published scaling); (N, 56) raw FLAME units."""
+    return float(np.mean((pred[:, JAW] - gt[:, JAW]) ** 2) * 1e3)
+
+
+def rule_floors(split: Path) -> dict[str, float] | None:
+    """MSE-jaw of the corpus rule as a predictor, with each speaker's own jaw_gain / jaw_lag and with the
+    middle of the training ranges; None without a manifest (not a `timar synth` corpus)."""
+    import soundfile as sf
+
+    from timar_model.data.synth import TRAIN_RANGES, delay, envelope
+
+    manifest = split.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    doc = json.loads(manifest.read_text())
+    mid = {k: 0.5 * (TRAIN_RANGES[k][0] + TRAIN_RANGES[k][1]) for k in ("jaw_gain", "jaw_lag")}
+    errs: dict[str, list[float]] = {"own gain / lag": [], "mid-range gain / lag": []}
+    for clip in doc["clips"]:
+        if clip["split"] != split.name:
+            continue
+        for k, style in enumerate(clip["styles"], start=1):
+            audio, sr = sf.read(split / f"{clip['clip']}_speaker{k}.wav")
+            gt = np.load(split / f"{clip['clip']}_speaker{k}.npz")["pose"][:, 3:]
+            env = envelope(np.asarray(audio, np.float64))[: len(gt)]
+            for name, s in (("own gain / lag", style), ("mid-range gain / lag", mid)):
+                pred = np.zeros((len(env), 56))
+                pred[:, 50] = np.clip(s["jaw_gain"] * delay(env, s["jaw_lag"]), 0.0, 0.3)
+                full = np.zeros((len(env), 56))
+                full[:, JAW] = gt[: len(env)]
+                errs[name].append(mse_jaw(pred, full))
+    return {k: float(np.mean(v)) for k, v in errs.items() if v}
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="TIMAR model directory (diffusion head)")
+    ap.add_argument("--mlp", help="MLP-head model directory (the ablation) sharing the backbone")
+    ap.add_argument("--data", type=Path, default=Path("data/synth-val/test"))
+    ap.add_argument("--temperatures", default="1,0.7,0.5,0.3")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    m = load_pretrained(args.model).float().eval()
+    if m.config.head != "diffusion":
+        raise SystemExit(f"{args.model}: head is {m.config.head!r}, expected the diffusion head")
+    floors = rule_floors(args.data)
+    if floors:
+        for name, v in floors.items():
+            print(f"corpus rule, {name}: MSE-jaw {v:.3f}")
+
+    ds = DualTalkWindows(args.data, window_turns=m.config.context_turns, audio_norm=m.config.audio_norm,
+                         stride_turns=m.config.context_turns)
+    Z, Y = [], []
+    for i in range(len(ds)):
+        b = {k: v[None] for k, v in ds[i].items()}
+        tokens = m.interleave(m.encode_speech(b["user_speech"]), m.encode_motion(b["user_motion"]),
+                              m.encode_speech(b["agent_speech"]), m.encode_motion(b["agent_motion"]))
+        agent = m.window_types(tokens.shape[1]) == AGENT_MOTION
+        Z.append(m.forward_backbone(tokens, agent)[0][agent])  # (W*F, width): every agent frame masked
+        Y.append(b["agent_motion"][0])  # (W*F, 56) raw
+    Z, gt = torch.cat(Z), torch.cat(Y).numpy()
+    n = len(Z)
+    raw = m.motion_from_model  # the model's (normalised) space -> raw FLAME units
+    print(f"{len(ds)} windows of {m.config.context_turns} turns from {args.data} ({n} agent frames)")
+
+    if args.mlp:
+        mlp = load_pretrained(args.mlp).float().eval()
+        own = dict(m.named_parameters())
+        shared = [k for k, v in mlp.named_parameters() if not k.startswith(("mlp_head", "diffloss"))]
+        same = all(k in own and torch.equal(own[k], v) for k, v in mlp.named_parameters() if k in shared)
+        if not same:
+            raise SystemExit(f"--mlp {args.mlp}: its backbone differs from {args.model}'s (not the same stage 1)")
+        print(f"MLP head (regression on the same z):           MSE-jaw {mse_jaw(raw(mlp.mlp_head(Z)).numpy(), gt):.3f}")
+    net = m.diffloss.net
+    x0 = net(torch.randn(n, 56), torch.full((n,), 999), Z)[:, :56]
+    print(f"diffusion head, x0 at t=999 (its regression):   MSE-jaw {mse_jaw(raw(x0).numpy(), gt):.3f}")
+    diffusion = create_diffusion(m.config.num_sampling_steps, m.config.noise_schedule,
+                                 clamp_variance=m.config.clamp_variance)
+    for t in (float(x) for x in args.temperatures.split(",")):
+        s = m.diffloss.sample(Z, t, generator=torch.Generator().manual_seed(args.seed), diffusion=diffusion)
+        spread = float(((raw(s) - raw(x0))[:, JAW] ** 2).mean() * 1e3)
+        print(f"diffusion samples, temperature {t:g}:  MSE-jaw {mse_jaw(raw(s).numpy(), gt):.3f}  "
+              f"(spread about x0 {spread:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
