@@ -276,14 +276,19 @@ def test_cli_checkpoint_streams_every_role_and_context(corpus, tmp_path):
         cli(["--checkpoint", ckpt, "--data", test, "--context", "2", "--out", out])
 
 
-def test_temperature_sweep_script(corpus, tmp_path, capsys):
+def load_sweep_script():
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "temperature_sweep.py"
     spec = importlib.util.spec_from_file_location("temperature_sweep", path)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_temperature_sweep_script(corpus, tmp_path, capsys):
+    sweep = load_sweep_script()
     ckpt = tiny_checkpoint(tmp_path / "model")
     _, test = corpus
     out = tmp_path / "sweep"
@@ -312,13 +317,7 @@ def test_temperature_sweep_script(corpus, tmp_path, capsys):
 
 
 def test_temperature_sweep_pick():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "temperature_sweep.py"
-    spec = importlib.util.spec_from_file_location("temperature_sweep", path)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_sweep_script()
     fd = {(0.4, 0.0): 9.0, (1.0, 0.0): 11.0, (0.4, 0.9): 9.8, (1.0, 0.9): 9.5, (0.4, 0.97): 10.5, (1.0, 0.97): 12.0}
     rows = {k: {"fid_exp": v} for k, v in fd.items()}
     assert sweep.pick(rows, 0.1) == (1.0, 0.9)  # 0.97's best (10.5) is > 9.9; 0.9's best is at T = 1

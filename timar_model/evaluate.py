@@ -311,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
                 noise_correlation=args.noise_correlation,
             )
             predictors[n] = generator_predictor(gen)
-        meta.update(checkpoint=str(args.checkpoint), seed=args.seed, device=args.device, dtype=args.dtype)
+        meta.update(checkpoint=str(args.checkpoint), seed=args.seed, device=args.device, dtype=args.dtype,
+                    temperature=gen.temperature, noise_correlation=gen.noise_correlation)  # the sampling used
 
     results = []
     for n in contexts:

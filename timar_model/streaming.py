@@ -82,7 +82,7 @@ class StreamingGenerator:
                 f"(the model's position table), got {context_turns}"
             )
         self.temperature = cfg.temperature if temperature is None else float(temperature)
-        rho = getattr(cfg, "noise_correlation", 0.0) if noise_correlation is None else float(noise_correlation)
+        rho = cfg.noise_correlation if noise_correlation is None else float(noise_correlation)
         if not 0.0 <= rho < 1.0:
             raise ValueError(f"StreamingGenerator: noise_correlation must be in [0, 1), got {rho}")
         self.noise_correlation = rho
