@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import warnings
 
-    from timar_model.bag_eval import evaluate, format_report, plot, read_bag
+    from timar_model.eval.bag_eval import evaluate, format_report, plot, read_bag
 
     data = read_bag(bag)
     with warnings.catch_warnings():  # degenerate statistics of a short clip only warn

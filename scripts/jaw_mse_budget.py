@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from timar_model.checkpoint import load_pretrained
 from timar_model.data.dualtalk import DualTalkWindows
-from timar_model.diffusion import create_diffusion
-from timar_model.timar import AGENT_MOTION
+from timar_model.model.checkpoint import load_pretrained
+from timar_model.model.diffusion import create_diffusion
+from timar_model.model.timar import AGENT_MOTION
 
 JAW = slice(50, 53)  # jaw axis-angle in the 56-d motion vector [exp 50 | jaw 3 | head 3]
 

@@ -65,5 +65,5 @@ cp "$SWEEP"/sweep.md "$MODEL"/TEMPERATURE.md
 cp "$SWEEP"/sweep.png "$MODEL"/temperature-sweep.png
 python scripts/results_table.py "$EVAL" --systems timar-small,timar-small-paper-sampling,mlp-head,zero,mean,copy-partner \
   --variants timar-small-paper-sampling | tee "$MODEL"/RESULTS.md
-python -m timar_model.model_card "$MODEL" --write
+python -m timar_model.eval.model_card "$MODEL" --write
 echo "model written to $MODEL (the model card README.md there quotes RESULTS.md)"

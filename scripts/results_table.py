@@ -16,7 +16,7 @@ import math
 import sys
 from pathlib import Path
 
-from timar_model.metrics import PUBLISHED_SCALE, TABLE_KEYS
+from timar_model.eval.metrics import PUBLISHED_SCALE, TABLE_KEYS
 
 SHORT = {"fid": "FD", "p_fid": "P-FD", "mse": "MSE", "sid": "SID", "rpcc": "rPCC"}
 CHECKED = ("fid_exp", "mse_jaw", "p_fid_pose")  # the model must beat every baseline on these

@@ -24,8 +24,8 @@ import json
 import math
 from pathlib import Path
 
-from timar_model import evaluate
-from timar_model.metrics import PUBLISHED_SCALE
+from timar_model.eval import evaluate
+from timar_model.eval.metrics import PUBLISHED_SCALE
 
 # (key, label): DualTalk metrics in the published scaling, then the extras of `timar eval` unscaled
 PLOTTED = (

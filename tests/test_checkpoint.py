@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timar_model import convert
-from timar_model.checkpoint import CheckpointError, load_pretrained, read_public_pickle, save_pretrained
-from timar_model.config import TimarConfig, get_preset
-from timar_model.ema import EMA
-from timar_model.streaming import StreamingGenerator
-from timar_model.timar import TIMAR
+from timar_model.model import convert
+from timar_model.model.checkpoint import CheckpointError, load_pretrained, read_public_pickle, save_pretrained
+from timar_model.model.config import TimarConfig, get_preset
+from timar_model.model.timar import TIMAR
+from timar_model.runtime.streaming import StreamingGenerator
+from timar_model.train.ema import EMA
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "timar_tiny"
 

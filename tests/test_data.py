@@ -113,7 +113,7 @@ def test_file_audio_norm_uses_whole_file_statistics(corpus):
 
 
 def test_turn_audio_norm_uses_speech_module(corpus):
-    speech = pytest.importorskip("timar_model.speech")
+    speech = pytest.importorskip("timar_model.model.speech")
     root, src = corpus
     ds = DualTalkWindows(root, window_turns=4, audio_norm="turn")
     raw = DualTalkWindows(root, window_turns=4, audio_norm="none").window(1)["agent_speech"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from timar_model.diffusion import create_diffusion
+from timar_model.model.diffusion import create_diffusion
 
 
 def _net(v: float):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from timar_model import metrics as M
-from timar_model.baselines import Baseline, make_baseline, mean_motion, training_mean_motion
 from timar_model.data.dualtalk import dualtalk_from_motion56, list_samples
-from timar_model.evaluate import (
+from timar_model.eval import metrics as M
+from timar_model.eval.baselines import Baseline, make_baseline, mean_motion, training_mean_motion
+from timar_model.eval.evaluate import (
     add_arguments,
     evaluate_predictor,
     parse_contexts,
@@ -224,9 +224,9 @@ def tiny_checkpoint(path):
     """A 1-block random TIMAR saved at `path` (its heads perturbed so they do not predict 0)."""
     import torch
 
-    from timar_model.checkpoint import save_pretrained
-    from timar_model.config import get_preset
-    from timar_model.timar import TIMAR
+    from timar_model.model.checkpoint import save_pretrained
+    from timar_model.model.config import get_preset
+    from timar_model.model.timar import TIMAR
 
     torch.manual_seed(0)
     cfg = get_preset(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from timar_model import metrics
+from timar_model.eval import metrics
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "dualtalk_metrics"
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timar_model.config import get_preset
-from timar_model.streaming import StreamingGenerator
-from timar_model.timar import AGENT_MOTION, TIMAR, additive_mask, turn_causal_mask
+from timar_model.model.config import get_preset
+from timar_model.model.timar import AGENT_MOTION, TIMAR, additive_mask, turn_causal_mask
+from timar_model.runtime.streaming import StreamingGenerator
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "timar_tiny"
 ATOL, ATOL_PRED = 1e-5, 1e-4

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from timar_model.config import get_preset
-from timar_model.timar import TIMAR
+from timar_model.model.config import get_preset
+from timar_model.model.timar import TIMAR
 
 
 def tiny(**kw):

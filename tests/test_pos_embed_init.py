@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from timar_model.config import get_preset
-from timar_model.timar import (
+from timar_model.model.config import get_preset
+from timar_model.model.timar import (
     AGENT_MOTION,
     AGENT_SPEECH,
     TIMAR,

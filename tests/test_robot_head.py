@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from timar_model.robot_head import (
+from timar_model.runtime.robot_head import (
     HeadJointMapper,
     JointLimits,
     JointMapping,

@@ -39,9 +39,9 @@ def _apply(marks):
 def make_tiny_model(path: Path) -> None:
     import torch
 
-    from timar_model.checkpoint import save_pretrained
-    from timar_model.config import get_preset
-    from timar_model.timar import TIMAR
+    from timar_model.model.checkpoint import save_pretrained
+    from timar_model.model.config import get_preset
+    from timar_model.model.timar import TIMAR
 
     torch.manual_seed(0)
     cfg = get_preset(
@@ -135,7 +135,7 @@ def session(tmp_path_factory):
 
 @_apply(ros_graph)
 def test_every_turn_has_25_continuous_frames(session):
-    from timar_model.bag_eval import evaluate, read_bag
+    from timar_model.eval.bag_eval import evaluate, read_bag
 
     data = read_bag(session / "bag")
     assert sorted(set(data.turn.tolist())) == list(range(TURNS))
@@ -153,7 +153,7 @@ def test_every_turn_has_25_continuous_frames(session):
 def test_joint_commands_within_limits(session):
     from rosbags.highlevel import AnyReader
 
-    from timar_model.bag_eval import timar_typestore
+    from timar_model.eval.bag_eval import timar_typestore
 
     p = yaml.safe_load((ROOT / "config" / "agent.yaml").read_text())["/**"]["ros__parameters"]["head_bridge"]
     lower, upper = np.array(p["lower"]), np.array(p["upper"])
@@ -182,7 +182,7 @@ def test_joint_commands_within_limits(session):
 def test_bag_reads_back_with_mcap_ros2(session):
     from mcap_ros2.reader import read_ros2_messages
 
-    from timar_model.bag_eval import read_bag
+    from timar_model.eval.bag_eval import read_bag
 
     (mcap,) = sorted((session / "bag").glob("*.mcap"))
     counts: dict[str, int] = {}
@@ -196,7 +196,7 @@ def test_bag_reads_back_with_mcap_ros2(session):
 
 @_apply(ros_graph)
 def test_agent_survives_malformed_input(session):
-    from timar_model.bag_eval import read_bag
+    from timar_model.eval.bag_eval import read_bag
 
     data = read_bag(session / "bag")
     assert data.malformed == 5  # the bad HeadMotion messages were recorded, and skipped by eval-bag
@@ -208,10 +208,10 @@ def test_agent_survives_malformed_input(session):
 
 @_apply(ros_graph)
 def test_matches_offline_generation(session):
-    from timar_model.bag_eval import evaluate, read_bag
     from timar_model.data.dualtalk import dualtalk_from_motion56, list_samples
-    from timar_model.metrics import dualtalk_metrics
-    from timar_model.streaming import StreamingGenerator
+    from timar_model.eval.bag_eval import evaluate, read_bag
+    from timar_model.eval.metrics import dualtalk_metrics
+    from timar_model.runtime.streaming import StreamingGenerator
 
     sample = next(s for s in list_samples(session / "data" / "test") if s.agent_speaker == 1)
     gen = StreamingGenerator.from_pretrained(session / "model", device="cpu", seed=0)
@@ -236,7 +236,7 @@ def test_matches_offline_generation(session):
 def _write_bag(path: Path, delay: float, late_turn: int, skip_turn: int, turns: int = 5) -> None:
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from timar_model.bag_eval import timar_typestore
+    from timar_model.eval.bag_eval import timar_typestore
 
     ts = timar_typestore()
     T = ts.types
@@ -281,7 +281,7 @@ def _write_bag(path: Path, delay: float, late_turn: int, skip_turn: int, turns: 
 
 
 def test_eval_bag_report_on_synthetic_bag(tmp_path):
-    from timar_model.bag_eval import add_arguments, evaluate, read_bag, run
+    from timar_model.eval.bag_eval import add_arguments, evaluate, read_bag, run
 
     _write_bag(tmp_path / "bag", delay=1.12, late_turn=1, skip_turn=3)
     data = read_bag(tmp_path / "bag")

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from timar_model.checkpoint import load_pretrained
-from timar_model.model_card import CHECK_FILE, compare_check
-from timar_model.streaming import StreamingGenerator
+from timar_model.eval.model_card import CHECK_FILE, compare_check
+from timar_model.model.checkpoint import load_pretrained
+from timar_model.runtime.streaming import StreamingGenerator
 
 MODEL = "models/timar-small-synth"
 

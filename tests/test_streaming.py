@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from timar_model.config import get_preset
-from timar_model.speech import RunningAudioNorm, normalize_audio
-from timar_model.streaming import StreamingGenerator
-from timar_model.timar import TIMAR
+from timar_model.model.config import get_preset
+from timar_model.model.speech import RunningAudioNorm, normalize_audio
+from timar_model.model.timar import TIMAR
+from timar_model.runtime.streaming import StreamingGenerator
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +255,7 @@ def test_bfloat16_casts_only_the_block_linears_once(model):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_block_causal_impls_match_the_dense_mask(dtype):
-    from timar_model.vit import BlockCausal
+    from timar_model.model.vit import BlockCausal
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(3, 2, 3, 4 * 7, 16, generator=g).to(dtype).unbind(0)  # (B, H, N, hd), blocks of 7
@@ -279,7 +279,7 @@ def test_block_causal_impls_match_the_dense_mask(dtype):
 
 
 def test_block_with_bf16_linears_keeps_a_float32_residual():
-    from timar_model.vit import Block, cast_linears
+    from timar_model.model.vit import Block, cast_linears
 
     torch.manual_seed(0)
     blk = Block(32, 4).eval()

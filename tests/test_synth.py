@@ -19,7 +19,7 @@ from timar_model.data.synth import (  # noqa: E402
     generate_clip,
     generate_corpus,
 )
-from timar_model.metrics import jaw_speech_correlation, speech_envelope  # noqa: E402
+from timar_model.eval.metrics import jaw_speech_correlation, speech_envelope  # noqa: E402
 
 
 @pytest.fixture(scope="module")

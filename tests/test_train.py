@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 from test_evaluate import write_tiny_corpus
 
 from timar_model import cli
-from timar_model.checkpoint import load_pretrained
-from timar_model.config import get_preset
-from timar_model.streaming import StreamingGenerator
-from timar_model.timar import TIMAR
-from timar_model.train import (
+from timar_model.model.checkpoint import load_pretrained
+from timar_model.model.config import get_preset
+from timar_model.model.timar import TIMAR
+from timar_model.runtime.streaming import StreamingGenerator
+from timar_model.train.loop import (
     TrainRecipe,
     build_config,
     build_model,

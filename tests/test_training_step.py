@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from timar_model.config import get_preset
-from timar_model.timar import AGENT_MOTION, TIMAR, USER_MOTION, USER_SPEECH
+from timar_model.model.config import get_preset
+from timar_model.model.timar import AGENT_MOTION, TIMAR, USER_MOTION, USER_SPEECH
 
 
 def tiny_config(**kw):
@@ -147,8 +147,8 @@ def test_bad_shapes_are_rejected():
 
 
 def test_mask_ratio_min_one_masks_every_agent_motion_token():
-    from timar_model.config import get_preset
-    from timar_model.timar import AGENT_MOTION, TIMAR
+    from timar_model.model.config import get_preset
+    from timar_model.model.timar import AGENT_MOTION, TIMAR
 
     model = TIMAR(get_preset("small", depth=1, context_turns=2, mask_ratio_min=1.0))
     T = 2 * model.tokens_per_turn

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from timar_model.turns import AssemblerConfig, InputError, MotionPlayer, TurnAssembler, to_mono_16k
+from timar_model.runtime.turns import AssemblerConfig, InputError, MotionPlayer, TurnAssembler, to_mono_16k
 
 SR, FPS = 16000, 25
 T0 = 1000.25  # an arbitrary clock origin (seconds)

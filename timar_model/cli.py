@@ -14,13 +14,13 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("timar_model.bench", "per-turn latency, parameters and FLOPs of each preset"),
-    "convert-public": ("timar_model.convert", "convert the public TIMAR.pth (+ wav2vec2 folder) to this format"),
+    "bench": ("timar_model.eval.bench", "per-turn latency, parameters and FLOPs of each preset"),
+    "convert-public": ("timar_model.model.convert", "convert the public TIMAR.pth (+ wav2vec2 folder) to this format"),
     "synth": ("timar_model.data.synth", "generate a synthetic two-person conversation corpus (DualTalk layout)"),
-    "train": ("timar_model.train", "train TIMAR from a YAML recipe"),
-    "eval": ("timar_model.evaluate", "streaming generation + DualTalk metrics on a data split"),
-    "metrics": ("timar_model.metrics_cli", "DualTalk metrics for predictions made by any system"),
-    "eval-bag": ("timar_model.bag_eval", "latency, frame regularity and metrics from a recorded MCAP bag"),
+    "train": ("timar_model.train.loop", "train TIMAR from a YAML recipe"),
+    "eval": ("timar_model.eval.evaluate", "streaming generation + DualTalk metrics on a data split"),
+    "metrics": ("timar_model.eval.metrics_cli", "DualTalk metrics for predictions made by any system"),
+    "eval-bag": ("timar_model.eval.bag_eval", "latency, frame regularity and metrics from a recorded MCAP bag"),
 }
 
 

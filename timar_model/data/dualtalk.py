@@ -26,12 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-FPS = 25
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
-FRAMES_PER_TURN = FPS  # one turn = 1 s
-SAMPLES_PER_TURN = SAMPLE_RATE
-EXP_DIM, POSE_DIM, MOTION_DIM = 50, 6, 56
+from timar_model.motion import (  # noqa: F401 (re-exported for the data package)
+    EXP_DIM,
+    FPS,
+    FRAMES_PER_TURN,
+    HEAD_ROT,
+    JAW,
+    MOTION_DIM,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    SAMPLES_PER_TURN,
+)
+
+POSE_DIM = 6  # DualTalk's pose: [head rotation 3 | jaw 3]
 
 _SPEAKER_RE = re.compile(r"^(?P<clip>.+)_speaker(?P<spk>[12])\.(?P<ext>wav|npz)$")
 
@@ -47,7 +54,7 @@ def motion56_from_dualtalk(exp: np.ndarray, pose: np.ndarray) -> np.ndarray:
 def dualtalk_from_motion56(motion56: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(T, 56) -> exp (T, 50), pose (T, 6) = [head rot | jaw] (inverse of motion56_from_dualtalk)."""
     exp = motion56[:, :50]
-    pose = np.concatenate([motion56[:, 53:56], motion56[:, 50:53]], axis=1)
+    pose = np.concatenate([motion56[:, HEAD_ROT], motion56[:, JAW]], axis=1)
     return exp, pose
 
 
@@ -309,10 +316,10 @@ def slice_window(sample: ConversationSample, start_turn: int, window_turns: int)
 
 def normalize_window_audio(x: np.ndarray, mode: str) -> np.ndarray:
     """Apply the configured speech normalisation to a window's audio (n*16000,).
-    "none" leaves it; other modes ("turn", "running", ...) are timar_model.speech.normalize_audio."""
+    "none" leaves it; other modes ("turn", "running", ...) are timar_model.model.speech.normalize_audio."""
     if mode == "none":
         return x
-    from timar_model.speech import normalize_audio
+    from timar_model.model.speech import normalize_audio
 
     out = normalize_audio(x, mode)
     return np.asarray(out, dtype=np.float32)

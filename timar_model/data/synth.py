@@ -34,10 +34,12 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import butter, find_peaks, resample_poly, sosfiltfilt
 
+from timar_model.motion import FPS
+from timar_model.motion import SAMPLE_RATE as SR
+from timar_model.motion import SAMPLES_PER_FRAME as HOP
+
 SYNTH_VERSION = "1.0"
-SR = 16000
-FPS = 25
-HOP = SR // FPS  # 640 samples per motion frame
+
 SPLITS = ("train", "test", "ood")
 _SPLIT_ID = {name: i for i, name in enumerate(SPLITS)}
 

@@ -20,7 +20,7 @@ from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from timar_msgs.msg import AudioChunk, HeadMotion
 
-from timar_model.turns import AssemblerConfig, InputError, MotionPlayer, Turn, TurnAssembler
+from timar_model.runtime.turns import AssemblerConfig, InputError, MotionPlayer, Turn, TurnAssembler
 
 from .convert import head_motion_msg, motion_from_msg, motion_from_pose, pose_msg, stamp_to_sec
 from .params import declare, resolve_path
@@ -76,7 +76,7 @@ class TimarAgent(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        from timar_model.streaming import StreamingGenerator
+        from timar_model.runtime.streaming import StreamingGenerator
 
         p = self.p
         path = resolve_path(p["checkpoint"])

@@ -16,7 +16,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from timar_model.bag_eval import timar_typestore
+from timar_model.eval.bag_eval import timar_typestore
 
 from .params import declare, resolve_path
 from .spin import run_node

@@ -21,7 +21,8 @@ from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
 from timar_msgs.msg import AudioChunk, HeadMotion
 
-from timar_model.data.dualtalk import FPS, SAMPLE_RATE, list_samples
+from timar_model.data.dualtalk import list_samples
+from timar_model.motion import FPS, SAMPLE_RATE
 
 from .convert import head_motion_msg, sec_to_stamp
 from .params import declare, resolve_path

@@ -7,7 +7,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from timar_msgs.msg import HeadMotion
 
-from timar_model.robot_head import axis_angle_to_quaternion, quaternion_to_axis_angle
+from timar_model.runtime.robot_head import axis_angle_to_quaternion, quaternion_to_axis_angle
 
 
 def stamp_to_sec(stamp: Time) -> float:

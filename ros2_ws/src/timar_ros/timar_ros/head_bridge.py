@@ -15,7 +15,7 @@ from sensor_msgs.msg import JointState
 from timar_msgs.msg import HeadMotion
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from timar_model.robot_head import HeadJointMapper, JointLimits, JointMapping, RateLimiter
+from timar_model.runtime.robot_head import HeadJointMapper, JointLimits, JointMapping, RateLimiter
 
 from .convert import motion_from_msg, sec_to_stamp, stamp_to_sec
 from .params import declare

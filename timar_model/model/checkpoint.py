@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import TimarConfig
-from .timar import TIMAR
+from timar_model.model.config import TimarConfig
+from timar_model.model.timar import TIMAR
+from timar_model.motion import SAMPLE_RATE
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -118,7 +119,7 @@ def config_from_public(
     cfg = TimarConfig(
         name=str(a.get("model", "public")).replace("timar_", "public-"),
         motion_fps=motion_fps,
-        sample_rate=int(a.get("speech_frequency", 16000)),
+        sample_rate=int(a.get("speech_frequency", SAMPLE_RATE)),
         frames_per_turn=frames,
         context_turns=seq_len // tokens_per_turn,
         token_dim=token_dim,
@@ -152,7 +153,7 @@ def load_public_checkpoint(
 ) -> TIMAR:
     """TIMAR from the public TIMAR.pth (`model_ema` weights, strict by name). The speech encoder comes from a
     local transformers folder (`speech_encoder_dir`) or from a config dict (+ optional state dict)."""
-    from .speech import load_transformers_speech_model, speech_config_dict
+    from timar_model.model.speech import load_transformers_speech_model, speech_config_dict
 
     ckpt = read_public_pickle(path)
     sd = {k: v for k, v in ckpt["model_ema"].items()}

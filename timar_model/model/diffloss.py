@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .diffusion import MOTION_PARTS, create_diffusion
+from timar_model.model.diffusion import MOTION_PARTS, create_diffusion
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

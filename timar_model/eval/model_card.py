@@ -4,8 +4,8 @@ The subset is regenerated, not stored: the first `clips` clips of the synthetic 
 (`timar synth` is deterministic by seed and clip index, so these are the first clips of the corpus the model
 was evaluated on), streamed at context n = `context` for the first `seconds` seconds of each speaker role.
 
-    python -m timar_model.model_card models/timar-small-synth           # compare with card_check.json
-    python -m timar_model.model_card models/timar-small-synth --write   # (re)write card_check.json
+    python -m timar_model.eval.model_card models/timar-small-synth           # compare with card_check.json
+    python -m timar_model.eval.model_card models/timar-small-synth --write   # (re)write card_check.json
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ class SubsetSpec:
 
 def subset_metrics(model_dir: str | Path, spec: SubsetSpec = SubsetSpec()) -> dict[str, float]:
     """Mean metrics (unscaled) of the model on the spec's subset, float32 on the CPU."""
-    from timar_model.checkpoint import load_pretrained
     from timar_model.data.dualtalk import list_samples
     from timar_model.data.synth import generate_corpus
-    from timar_model.evaluate import evaluate_predictor, generator_predictor
-    from timar_model.streaming import StreamingGenerator
+    from timar_model.eval.evaluate import evaluate_predictor, generator_predictor
+    from timar_model.model.checkpoint import load_pretrained
+    from timar_model.runtime.streaming import StreamingGenerator
 
     model = load_pretrained(model_dir, device="cpu")
     gen = StreamingGenerator(model, context_turns=spec.context + 1, seed=spec.sampling_seed)
@@ -61,7 +61,7 @@ def compare_check(model_dir: str | Path, rel_tol: float = 0.02, abs_tol: float =
     path = Path(model_dir) / CHECK_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model-card check; write it with "
-                                f"`python -m timar_model.model_card {model_dir} --write`")
+                                f"`python -m timar_model.eval.model_card {model_dir} --write`")
     record = json.loads(path.read_text())
     now = subset_metrics(model_dir, SubsetSpec(**record["spec"]))
     problems = []

@@ -32,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from timar_model import metrics as M
-from timar_model.baselines import BASELINES, Baseline, make_baseline
 from timar_model.data.dualtalk import dualtalk_from_motion56
+from timar_model.eval import metrics as M
+from timar_model.eval.baselines import BASELINES, Baseline, make_baseline
+from timar_model.motion import FRAMES_PER_TURN, MOTION_DIM, SAMPLES_PER_TURN
 
-FRAMES_PER_TURN = 25
-SAMPLES_PER_TURN = 16000
 EXTRA_KEYS: tuple[str, ...] = ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc", "head_speed_ratio")
 
 # A predictor maps (sample, number of whole turns) -> (turns * 25, 56) float32.
@@ -167,10 +166,10 @@ def evaluate_predictor(
         t0 = time.perf_counter()
         pred = predict(sample, turns)
         gen_time += time.perf_counter() - t0
-        if pred.shape != (turns * FRAMES_PER_TURN, 56) or not np.isfinite(pred).all():
+        if pred.shape != (turns * FRAMES_PER_TURN, MOTION_DIM) or not np.isfinite(pred).all():
             raise RuntimeError(
                 f"{name}: prediction has shape {pred.shape} (expected "
-                f"{(turns * FRAMES_PER_TURN, 56)}) or non-finite values"
+                f"{(turns * FRAMES_PER_TURN, MOTION_DIM)}) or non-finite values"
             )
         if out_dir is not None:
             np.save(out_dir / f"{name}.npy", pred.astype(np.float32))
@@ -289,8 +288,8 @@ def run(args: argparse.Namespace) -> int:
         predictors = {n: baseline_predictor(baseline) for n in contexts}
         meta["baseline"] = args.baseline
     else:
-        from timar_model.checkpoint import load_pretrained
-        from timar_model.streaming import StreamingGenerator
+        from timar_model.model.checkpoint import load_pretrained
+        from timar_model.runtime.streaming import StreamingGenerator
 
         model = load_pretrained(args.checkpoint, device=args.device)
         max_ctx = model.config.context_turns

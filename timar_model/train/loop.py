@@ -62,7 +62,7 @@ class TrainRecipe:
     """Everything a training run needs. Paths are relative to the working directory."""
 
     name: str = "timar"
-    preset: str = "small"  # timar_model.config preset
+    preset: str = "small"  # timar_model.model.config preset
     model: dict = field(default_factory=dict)  # TimarConfig field overrides
     speech_encoder_path: str | None = None  # local wav2vec2 / HuBERT folder (pretrained, frozen)
     train_data: str = "data/synth/train"  # DualTalk-layout split
@@ -199,7 +199,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
 def build_config(recipe: TrainRecipe, extra: dict | None = None):
     """The model's TimarConfig: the preset with `extra` then the recipe's overrides (unknown fields are an
     error)."""
-    from timar_model.config import TimarConfig, get_preset
+    from timar_model.model.config import TimarConfig, get_preset
 
     base = get_preset(recipe.preset).to_dict()
     unknown = sorted(set(recipe.model) - set(base))
@@ -213,11 +213,11 @@ def build_config(recipe: TrainRecipe, extra: dict | None = None):
 def build_model(recipe: TrainRecipe) -> nn.Module:
     """A freshly initialised TIMAR for the recipe. With `speech_encoder_path` (a local transformers folder,
     e.g. wav2vec2-large-960h-lv60-self), its pretrained weights and config replace the preset's encoder."""
-    from timar_model.timar import TIMAR
+    from timar_model.model.timar import TIMAR
 
     speech, extra = None, {}
     if recipe.speech_encoder_path:
-        from timar_model.speech import load_transformers_speech_model, speech_config_dict
+        from timar_model.model.speech import load_transformers_speech_model, speech_config_dict
 
         kind, speech = load_transformers_speech_model(recipe.speech_encoder_path)
         extra = {
@@ -245,8 +245,8 @@ def _init_config(recipe: TrainRecipe):
     """The TimarConfig of recipe.init_from (None without one); a clear error when it is missing."""
     if not recipe.init_from:
         return None
-    from timar_model.checkpoint import CONFIG_NAME
-    from timar_model.config import TimarConfig
+    from timar_model.model.checkpoint import CONFIG_NAME
+    from timar_model.model.config import TimarConfig
 
     path = Path(recipe.init_from) / CONFIG_NAME
     if not path.is_file():
@@ -261,7 +261,7 @@ def init_from_pretrained(model: nn.Module, path: Path) -> tuple[list[str], list[
     """Copy every parameter / buffer of the exported model at `path` whose name and shape match into `model`.
     Returns (copied, kept) names: `kept` are the model's own entries that stayed freshly initialised (e.g.
     a diffusion head when starting from an MLP-head model)."""
-    from timar_model.checkpoint import load_pretrained
+    from timar_model.model.checkpoint import load_pretrained
 
     src = load_pretrained(path).state_dict()
     own = model.state_dict()
@@ -554,7 +554,7 @@ def export_model(model: nn.Module, ema, out_dir: Path, recipe: TrainRecipe) -> P
     """save_pretrained(EMA weights) into out_dir (fp16 floats if recipe.export_fp16) + recipe.yaml."""
     import yaml
 
-    from timar_model.checkpoint import save_pretrained
+    from timar_model.model.checkpoint import save_pretrained
 
     m = copy.deepcopy(model).to("cpu")
     ema.copy_to(m)
@@ -573,8 +573,8 @@ def validate(
     model: nn.Module, ema, samples: list, recipe: TrainRecipe, device: torch.device
 ) -> dict[str, float]:
     """Stream `samples` with the EMA weights; FD-exp, MSE-jaw, P-FD-pose and the jaw~speech correlation."""
-    from timar_model.evaluate import evaluate_predictor, generator_predictor
-    from timar_model.streaming import StreamingGenerator
+    from timar_model.eval.evaluate import evaluate_predictor, generator_predictor
+    from timar_model.runtime.streaming import StreamingGenerator
 
     m = copy.deepcopy(model)
     ema.copy_to(m)
@@ -612,7 +612,7 @@ def train(
     """Run (or continue) a training run into `out`. `stop_after`: save a checkpoint at that step and
     return without exporting (for time-limited jobs; continue later with resume=True)."""
     from timar_model.data.dualtalk import DualTalkWindows, list_samples
-    from timar_model.ema import EMA
+    from timar_model.train.ema import EMA
 
     out = Path(out)
     info, device = init_distributed(recipe.device)

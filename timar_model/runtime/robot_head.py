@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from timar_model.motion import HEAD_ROT, JAW, MOTION_DIM
+
 SOURCES = ("yaw", "pitch", "roll", "jaw")
 
 
@@ -64,10 +66,10 @@ def axis_angle_to_quaternion(rotvec: np.ndarray) -> np.ndarray:
 def head_angles(motion56: np.ndarray) -> np.ndarray:
     """(..., 56) motion -> (..., 4) [yaw, pitch, roll, jaw opening] in radians."""
     m = np.asarray(motion56, dtype=np.float64)
-    if m.shape[-1] != 56:
-        raise ValueError(f"head_angles: expected (..., 56) motion, got {m.shape}")
-    ypr = matrix_to_yaw_pitch_roll(axis_angle_to_matrix(m[..., 53:56]))
-    Rj = axis_angle_to_matrix(m[..., 50:53])
+    if m.shape[-1] != MOTION_DIM:
+        raise ValueError(f"head_angles: expected (..., {MOTION_DIM}) motion, got {m.shape}")
+    ypr = matrix_to_yaw_pitch_roll(axis_angle_to_matrix(m[..., HEAD_ROT]))
+    Rj = axis_angle_to_matrix(m[..., JAW])
     jaw = np.arctan2(Rj[..., 2, 1], Rj[..., 2, 2])  # rotation about x
     return np.concatenate([ypr, jaw[..., None]], axis=-1)
 

@@ -14,9 +14,9 @@ import os
 import numpy as np
 import torch
 
-from .config import get_preset
-from .streaming import StreamingGenerator
-from .timar import TIMAR
+from timar_model.model.config import get_preset
+from timar_model.model.timar import TIMAR
+from timar_model.runtime.streaming import StreamingGenerator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

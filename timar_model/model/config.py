@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from timar_model.motion import FPS, FRAMES_PER_TURN, MOTION_DIM, SAMPLE_RATE
+
 NUM_SPECIAL_TOKENS = 10
-MOTION_DIM = 56
 
 _CHOICES = {
     "attention": ("turn_causal", "bidirectional"),
@@ -37,9 +38,9 @@ _CHOICES = {
 class TimarConfig:
     name: str = "custom"
     # --- time ---
-    motion_fps: int = 25
-    sample_rate: int = 16000
-    frames_per_turn: int = 25  # F: motion frames per turn (chunk_second * motion_fps)
+    motion_fps: int = FPS
+    sample_rate: int = SAMPLE_RATE
+    frames_per_turn: int = FRAMES_PER_TURN  # F: motion frames per turn (chunk_second * motion_fps)
     context_turns: int = 8  # window length in turns (max_context_time / chunk_second)
     motion_dim: int = MOTION_DIM
     # --- tokens ---

@@ -24,8 +24,8 @@ import warnings
 import numpy as np
 from scipy import linalg
 
-# name -> (start, stop) column range inside a motion56 frame
-PARTS: dict[str, tuple[int, int]] = {"exp": (0, 50), "jaw": (50, 53), "pose": (53, 56)}
+from timar_model.motion import FPS, HEAD_ROT, JAW, MOTION_DIM, PARTS, SAMPLE_RATE  # noqa: F401 (PARTS re-exported)
+
 SID_CLUSTERS: dict[str, int] = {"exp": 40, "jaw": 10, "pose": 10}
 STS_TIMESTEP = 0.1
 SID_EPS = 1e-6
@@ -150,7 +150,7 @@ def dualtalk_metrics(pred56: np.ndarray, gt_exp: np.ndarray, gt_pose: np.ndarray
     partner_exp, partner_pose: the other speaker's ground truth. Everything is cut to the
     shortest length first. The "diversity" metric of the public code is random and left out.
     """
-    pred56 = _check("pred56", pred56, 56)
+    pred56 = _check("pred56", pred56, MOTION_DIM)
     gt_exp, gt_pose = _check("gt_exp", gt_exp, 50), _check("gt_pose", gt_pose, 6)
     partner_exp = _check("partner_exp", partner_exp, 50)
     partner_pose = _check("partner_pose", partner_pose, 6)
@@ -207,7 +207,7 @@ def format_table(rows: dict[str, dict[str, float]], digits: int = 2) -> str:
 # ----------------------------------------------------------------------------- speech / jaw
 
 
-def speech_envelope(audio16k: np.ndarray, fps: int = 25, sample_rate: int = 16000) -> np.ndarray:
+def speech_envelope(audio16k: np.ndarray, fps: int = FPS, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """RMS energy per motion frame: audio (N,) at 16 kHz -> (N // (sample_rate / fps),)."""
     audio = np.asarray(audio16k, dtype=np.float64)
     if audio.ndim != 1:
@@ -222,20 +222,20 @@ def speech_envelope(audio16k: np.ndarray, fps: int = 25, sample_rate: int = 1600
 
 def jaw_opening(motion56: np.ndarray) -> np.ndarray:
     """Jaw opening angle (rad) per frame = norm of the jaw axis-angle; (T, 56) -> (T,)."""
-    return np.linalg.norm(np.asarray(motion56, dtype=np.float64)[:, 50:53], axis=1)
+    return np.linalg.norm(np.asarray(motion56, dtype=np.float64)[:, JAW], axis=1)
 
 
 def head_speed(motion56: np.ndarray) -> float:
     """Mean frame-to-frame change of the head rotation (rad per frame): the norm of the difference of
     consecutive axis-angle vectors (columns 53:56), averaged. A motion that jitters frame to frame has a
     higher speed than its ground truth at the same amplitude. (T, 56) -> float (NaN when T < 2)."""
-    rot = np.asarray(motion56, dtype=np.float64)[:, 53:56]
+    rot = np.asarray(motion56, dtype=np.float64)[:, HEAD_ROT]
     if len(rot) < 2:
         return float("nan")
     return float(np.linalg.norm(np.diff(rot, axis=0), axis=1).mean())
 
 
-def jaw_speech_correlation(motion56: np.ndarray, audio16k: np.ndarray, fps: int = 25) -> float:
+def jaw_speech_correlation(motion56: np.ndarray, audio16k: np.ndarray, fps: int = FPS) -> float:
     """Pearson correlation between jaw opening and the speech RMS envelope, over the common frames.
     Returns NaN if either signal is constant (e.g. silence)."""
     jaw = jaw_opening(motion56)

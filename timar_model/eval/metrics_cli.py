@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from timar_model import metrics
+from timar_model.eval import metrics
+from timar_model.motion import MOTION_DIM
 
 _PRED_RE = re.compile(r"^(?P<clip>.+)_speaker(?P<spk>[12])\.npy$")
 
@@ -45,8 +46,8 @@ def evaluate_dir(pred_dir: str | Path, gt_dir: str | Path) -> dict[str, dict[str
         m = _PRED_RE.match(p.name)
         clip, spk = m["clip"], int(m["spk"])
         pred = np.load(p)
-        if pred.ndim != 2 or pred.shape[1] != 56:
-            raise ValueError(f"{p}: prediction must have shape (T, 56), got {pred.shape}")
+        if pred.ndim != 2 or pred.shape[1] != MOTION_DIM:
+            raise ValueError(f"{p}: prediction must have shape (T, {MOTION_DIM}), got {pred.shape}")
         gt_exp, gt_pose = _load_npz(gt_dir / f"{clip}_speaker{spk}.npz")
         partner_exp, partner_pose = _load_npz(gt_dir / f"{clip}_speaker{3 - spk}.npz")
         try:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-FPS = 25
+from timar_model.motion import FPS, MOTION_DIM
+
 MSG_PACKAGE = "timar_msgs"
 
 
@@ -62,11 +63,11 @@ class BagData:
     frame: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     stamp: np.ndarray = field(default_factory=lambda: np.zeros(0))  # s, display time
     recv: np.ndarray = field(default_factory=lambda: np.zeros(0))  # s, bag time
-    motion: np.ndarray = field(default_factory=lambda: np.zeros((0, 56), np.float32))
+    motion: np.ndarray = field(default_factory=lambda: np.zeros((0, MOTION_DIM), np.float32))
     gt_stamp: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    gt_motion: np.ndarray = field(default_factory=lambda: np.zeros((0, 56), np.float32))
+    gt_motion: np.ndarray = field(default_factory=lambda: np.zeros((0, MOTION_DIM), np.float32))
     user_stamp: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    user_motion: np.ndarray = field(default_factory=lambda: np.zeros((0, 56), np.float32))
+    user_motion: np.ndarray = field(default_factory=lambda: np.zeros((0, MOTION_DIM), np.float32))
     diagnostics: dict[str, str] = field(default_factory=dict)  # last timar/agent status values
     topics: dict[str, int] = field(default_factory=dict)  # message counts
     malformed: int = 0  # HeadMotion messages without 50 expression values (skipped)
@@ -190,8 +191,8 @@ def evaluate(data: BagData, output_delay: float | None = None, late_tolerance: f
     }
     # quality against ground truth (aligned by stamp: the frame shown at s corresponds to GT at s - delay)
     if data.gt_stamp.size:
-        from .data.dualtalk import dualtalk_from_motion56
-        from .metrics import dualtalk_metrics
+        from timar_model.data.dualtalk import dualtalk_from_motion56
+        from timar_model.eval.metrics import dualtalk_metrics
 
         q = data.stamp - output_delay
         idx, gt = _align(data.gt_stamp, data.gt_motion, q, tol=0.4 * period)

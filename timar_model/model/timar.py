@@ -17,10 +17,10 @@ import scipy.stats as stats
 import torch
 import torch.nn as nn
 
-from .config import NUM_SPECIAL_TOKENS, TimarConfig
-from .diffloss import DiffLoss, MLPHead
-from .speech import build_speech_encoder
-from .vit import Block, BlockCausal
+from timar_model.model.config import NUM_SPECIAL_TOKENS, TimarConfig
+from timar_model.model.diffloss import DiffLoss, MLPHead
+from timar_model.model.speech import build_speech_encoder
+from timar_model.model.vit import Block, BlockCausal
 
 # token types inside a turn
 SPECIAL, USER_SPEECH, USER_MOTION, AGENT_SPEECH, AGENT_MOTION = range(5)

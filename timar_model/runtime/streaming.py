@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .diffusion import create_diffusion
-from .speech import RunningAudioNorm, _zero_mean_unit_var
-from .timar import AGENT_MOTION, TIMAR
-from .vit import cast_linears
+from timar_model.model.diffusion import create_diffusion
+from timar_model.model.speech import RunningAudioNorm, _zero_mean_unit_var
+from timar_model.model.timar import AGENT_MOTION, TIMAR
+from timar_model.model.vit import cast_linears
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -119,7 +119,7 @@ class StreamingGenerator:
         audio_norm: str | None = None,
         noise_correlation: float | None = None,
     ) -> StreamingGenerator:
-        from .checkpoint import load_pretrained
+        from timar_model.model.checkpoint import load_pretrained
 
         return cls(
             load_pretrained(path, device="cpu"),

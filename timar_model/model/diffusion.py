@@ -14,11 +14,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from timar_model.motion import PARTS
+
 # net(x_t (N, C), t (N,) original step index, c (N, Dz)) -> (N, 2C)
 NetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # x0 loss parts of a 56-d motion frame: expression, jaw, head rotation
-MOTION_PARTS = ((0, 50), (50, 53), (53, 56))
+MOTION_PARTS = tuple(PARTS.values())
 
 
 def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from timar_model.motion import SAMPLE_RATE, SAMPLES_PER_TURN
+
 NORM_EPS = 1e-7
 AUDIO_NORM_MODES = ("file", "turn", "running", "none")
 
@@ -59,7 +61,7 @@ class RunningAudioNorm:
         return ((chunk - self.mean) / math.sqrt(var + NORM_EPS)).astype(np.float32)
 
 
-def normalize_audio(x: np.ndarray, mode: str, samples_per_turn: int = 16000) -> np.ndarray:
+def normalize_audio(x: np.ndarray, mode: str, samples_per_turn: int = SAMPLES_PER_TURN) -> np.ndarray:
     """Normalise a mono signal (S,) offline with `mode` ('file' | 'turn' | 'running' | 'none').
     'turn' and 'running' give exactly what a causal stream of `samples_per_turn` chunks gives."""
     x = np.asarray(x, dtype=np.float32)
@@ -171,7 +173,7 @@ class LogMelSpeechEncoder(nn.Module):
         self,
         frames: int,
         out_dim: int,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         n_mels: int = 80,
         channels: int = 256,
         n_fft: int = 400,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_public_checkpoint, save_pretrained
+from timar_model.model.checkpoint import CheckpointError, load_public_checkpoint, save_pretrained
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,13 +25,13 @@ from math import gcd
 import numpy as np
 from scipy.signal import resample_poly
 
-MOTION_DIM = 56
+from timar_model.motion import FPS, MOTION_DIM, SAMPLE_RATE
 
 
 @dataclass
 class AssemblerConfig:
-    sample_rate: int = 16000  # samples per second of the emitted speech
-    fps: int = 25  # motion frames per second
+    sample_rate: int = SAMPLE_RATE  # samples per second of the emitted speech
+    fps: int = FPS  # motion frames per second
     turn_seconds: int = 1  # one turn = 1 s
     deadline: float = 0.08  # s after a turn's end when it is emitted even if incomplete
     expect_agent_audio: bool = False  # wait for agent audio to cover a turn (else absent = silence)
@@ -103,7 +103,7 @@ class InputError(ValueError):
     """A malformed chunk or frame (it is counted in `counters.rejected` and not used)."""
 
 
-def to_mono_16k(data: np.ndarray, sample_rate: int, channels: int, target_rate: int = 16000) -> np.ndarray:
+def to_mono_16k(data: np.ndarray, sample_rate: int, channels: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Interleaved samples (N * channels,) at sample_rate -> mono float32 at target_rate."""
     if channels < 1:
         raise InputError(f"audio chunk: channels must be >= 1, got {channels}")
@@ -189,7 +189,7 @@ class TurnAssembler:
 
     # ---------------------------------------------------------------- inputs
     def add_user_audio(
-        self, stamp: float, data: np.ndarray, sample_rate: int = 16000, channels: int = 1
+        self, stamp: float, data: np.ndarray, sample_rate: int = SAMPLE_RATE, channels: int = 1
     ) -> None:
         """Audio chunk whose first sample is at `stamp` (s). Raises InputError for malformed chunks."""
         x = self._prepare_audio(stamp, data, sample_rate, channels)
@@ -200,7 +200,7 @@ class TurnAssembler:
         self._note_user_time(end_time)
 
     def add_agent_audio(
-        self, stamp: float, data: np.ndarray, sample_rate: int = 16000, channels: int = 1
+        self, stamp: float, data: np.ndarray, sample_rate: int = SAMPLE_RATE, channels: int = 1
     ) -> None:
         """The agent's own speech; may arrive early with future stamps."""
         x = self._prepare_audio(stamp, data, sample_rate, channels)
@@ -403,7 +403,7 @@ class PlayerCounters:
 class MotionPlayer:
     """Display-time scheduling of generated turns (pure logic; the node calls `due(now)` from a timer)."""
 
-    fps: int = 25
+    fps: int = FPS
     output_delay: float = 1.12  # s; display stamp = turn start + i / fps + output_delay
     publish_lead: float = 0.0  # s; a frame is released this long before its display stamp
     late_tolerance: float = 0.005  # s; later than this counts as a late frame

@@ -1,0 +1,1 @@
+"""Evaluation: DualTalk metrics, streaming evaluation, baselines, bag evaluation, benchmarks, model card."""

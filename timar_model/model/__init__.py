@@ -1,0 +1,1 @@
+"""The TIMAR network: config and presets, backbone, diffusion head, speech encoders, checkpoints."""

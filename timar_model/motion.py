@@ -1,0 +1,31 @@
+"""The 56-d FLAME motion frame, the rates and the turn length: the one place these numbers are spelled.
+
+A motion frame is [expression 0-49 | jaw pose 50-52 | head rotation 53-55]: 50 FLAME expression
+coefficients, then the jaw and the global head rotation as axis-angle vectors (rad). Speech is mono
+16 kHz, motion 25 frames per second, and one turn is 1 s, so a turn holds 16000 samples and 25 frames.
+"""
+
+from __future__ import annotations
+
+EXP_DIM = 50
+JAW_DIM = 3
+ROT_DIM = 3
+MOTION_DIM = EXP_DIM + JAW_DIM + ROT_DIM  # 56
+
+EXP = slice(0, EXP_DIM)
+JAW = slice(EXP_DIM, EXP_DIM + JAW_DIM)
+HEAD_ROT = slice(EXP_DIM + JAW_DIM, MOTION_DIM)
+
+# name -> (start, stop) column range of each part, in frame order
+PARTS: dict[str, tuple[int, int]] = {
+    "exp": (EXP.start, EXP.stop),
+    "jaw": (JAW.start, JAW.stop),
+    "pose": (HEAD_ROT.start, HEAD_ROT.stop),
+}
+
+SAMPLE_RATE = 16000  # speech samples per second
+FPS = 25  # motion frames per second
+TURN_SECONDS = 1  # one turn
+FRAMES_PER_TURN = FPS * TURN_SECONDS
+SAMPLES_PER_TURN = SAMPLE_RATE * TURN_SECONDS
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640

@@ -1,0 +1,1 @@
+"""Training: recipe, loop, optimiser, EMA, distributed helpers."""
