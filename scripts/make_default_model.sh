@@ -39,15 +39,15 @@ train config/train/small-synthetic.yaml runs/small-synthetic          # stage 2:
 
 # the sampling temperature and noise correlation, on the validation split (the MLP-head ablation for reference)
 [[ -f $SWEEP/mlp-head/metrics.json ]] || \
-  timar eval --checkpoint runs/small-synthetic-mlp/final --data "$VAL/test" --context 7 --out "$SWEEP/mlp-head"
-python scripts/temperature_sweep.py runs/small-synthetic/final --data "$VAL/test" \
+  timar eval --checkpoint runs/small-synthetic-mlp/final --data "$VAL/test" --history 7 --out "$SWEEP/mlp-head"
+timar sweep runs/small-synthetic/final --data "$VAL/test" \
   --temperatures 0.3,0.4,0.5,0.7,1 --noise-correlations 0,0.9,0.97 --reference "$SWEEP/mlp-head" --out "$SWEEP"
 
 for split in test ood; do
   ev() { # system args...
     local system=$1; shift
     [[ -f $EVAL/$system/$split/metrics.json ]] || \
-      timar eval "$@" --data "$DATA/$split" --context 0,7 --out "$EVAL/$system/$split"
+      timar eval "$@" --data "$DATA/$split" --history 0,7 --out "$EVAL/$system/$split"
   }
   ev timar-small --checkpoint runs/small-synthetic/final
   ev timar-small-paper-sampling --checkpoint runs/small-synthetic/final --temperature 1 --noise-correlation 0
@@ -63,7 +63,7 @@ cp config/train/small-synthetic.yaml "$MODEL"/recipe.yaml
 cp config/train/small-synthetic-mlp.yaml "$MODEL"/recipe-stage1.yaml
 cp "$SWEEP"/sweep.md "$MODEL"/TEMPERATURE.md
 cp "$SWEEP"/sweep.png "$MODEL"/temperature-sweep.png
-python scripts/results_table.py "$EVAL" --systems timar-small,timar-small-paper-sampling,mlp-head,zero,mean,copy-partner \
+timar results-table "$EVAL" --systems timar-small,timar-small-paper-sampling,mlp-head,zero,mean,copy-partner \
   --variants timar-small-paper-sampling | tee "$MODEL"/RESULTS.md
-python -m timar_model.eval.model_card "$MODEL" --write
+timar card-check "$MODEL" --write
 echo "model written to $MODEL (the model card README.md there quotes RESULTS.md)"

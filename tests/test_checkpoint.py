@@ -58,6 +58,8 @@ def test_config_round_trip(tmp_path):
         get_preset("small", attention="sideways")
     with pytest.raises(ValueError, match="unknown keys"):
         TimarConfig.from_dict({"widht": 3})
+    # a field of earlier versions (the never-read guidance scale) is ignored, so their config files load
+    assert TimarConfig.from_dict({**get_preset("small").to_dict(), "cfg": 1.0}) == get_preset("small")
 
 
 def test_save_load_round_trip(tmp_path):

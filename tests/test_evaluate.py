@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from timar_model import cli as timar_cli
 from timar_model.data.dualtalk import dualtalk_from_motion56, list_samples
 from timar_model.eval import metrics as M
 from timar_model.eval.baselines import Baseline, make_baseline, mean_motion, training_mean_motion
 from timar_model.eval.evaluate import (
     add_arguments,
     evaluate_predictor,
-    parse_contexts,
+    parse_history,
     run,
     sample_metrics,
     whole_turns,
 )
+from timar_model.eval.sweep import pick
 
 
 def write_tiny_corpus(root, clips=(("c0", 4.5), ("c1", 3.2)), seed=0):
@@ -61,11 +63,11 @@ def cli(argv):
     return run(parser.parse_args([str(a) for a in argv]))
 
 
-def test_parse_contexts():
-    assert parse_contexts("7,0,3,1,3") == [0, 1, 3, 7]
+def test_parse_history():
+    assert parse_history("7,0,3,1,3") == [0, 1, 3, 7]
     for bad in ("", "a,1", "-1"):
-        with pytest.raises(ValueError, match="--context"):
-            parse_contexts(bad)
+        with pytest.raises(ValueError, match="--history"):
+            parse_history(bad)
 
 
 def test_whole_seconds_only(corpus):
@@ -147,7 +149,7 @@ def test_cli_baseline_writes_predictions_and_metrics(corpus, tmp_path, capsys):
                 train / "train",
                 "--data",
                 test,
-                "--context",
+                "--history",
                 "0,1",
                 "--out",
                 out,
@@ -187,7 +189,7 @@ def test_cli_limit_and_errors(corpus, tmp_path):
                 "zero",
                 "--data",
                 test,
-                "--context",
+                "--history",
                 "0",
                 "--limit",
                 "1",
@@ -250,11 +252,11 @@ def tiny_checkpoint(path):
     return save_pretrained(model, path)
 
 
-def test_cli_checkpoint_streams_every_role_and_context(corpus, tmp_path):
+def test_cli_checkpoint_streams_every_role_and_history(corpus, tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "model")
     _, test = corpus
     out = tmp_path / "eval"
-    assert cli(["--checkpoint", ckpt, "--data", test, "--context", "0,1", "--out", out]) == 0
+    assert cli(["--checkpoint", ckpt, "--data", test, "--history", "0,1", "--out", out]) == 0
     preds = {n: {p.name: np.load(p) for p in (out / f"n{n}").glob("*.npy")} for n in (0, 1)}
     for n in (0, 1):
         assert {k: v.shape for k, v in preds[n].items()} == {
@@ -270,31 +272,19 @@ def test_cli_checkpoint_streams_every_role_and_context(corpus, tmp_path):
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["contexts"]) == {"n0", "n1"} and doc["contexts"]["n1"]["samples"] == 4
     # a second run is deterministic (seeded sampler, reset per sample)
-    assert cli(["--checkpoint", ckpt, "--data", test, "--context", "1", "--out", tmp_path / "again"]) == 0
+    assert cli(["--checkpoint", ckpt, "--data", test, "--history", "1", "--out", tmp_path / "again"]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "n1" / "c0_speaker1.npy"), b)
     with pytest.raises(ValueError, match="context_turns=2"):
-        cli(["--checkpoint", ckpt, "--data", test, "--context", "2", "--out", out])
+        cli(["--checkpoint", ckpt, "--data", test, "--history", "2", "--out", out])
 
 
-def load_sweep_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "temperature_sweep.py"
-    spec = importlib.util.spec_from_file_location("temperature_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_temperature_sweep_script(corpus, tmp_path, capsys):
-    sweep = load_sweep_script()
+def test_sweep(corpus, tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "model")
     _, test = corpus
     out = tmp_path / "sweep"
-    argv = [str(ckpt), "--data", str(test), "--temperatures", "1,0.2", "--noise-correlations", "0,0.9",
-            "--context", "1", "--out", str(out)]
-    assert sweep.main(argv) == 0
+    argv = ["sweep", str(ckpt), "--data", str(test), "--temperatures", "1,0.2", "--noise-correlations", "0,0.9",
+            "--history", "1", "--out", str(out)]
+    assert timar_cli.main(argv) == 0
     # one evaluation per setting, made with that setting: the samples differ
     preds = [np.load(out / d / "n1" / "c0_speaker1.npy") for d in ("t0.2-r0", "t1-r0", "t1-r0.9")]
     assert not np.array_equal(preds[0], preds[1]) and not np.array_equal(preds[1], preds[2])
@@ -308,18 +298,17 @@ def test_temperature_sweep_script(corpus, tmp_path, capsys):
     assert (out / "sweep.png").stat().st_size > 10_000
     # a second run reuses the evaluations it finds
     stamp = (out / "t1-r0" / "metrics.json").stat().st_mtime_ns
-    assert sweep.main(argv) == 0
+    assert timar_cli.main(argv) == 0
     assert (out / "t1-r0" / "metrics.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="temperatures"):
-        sweep.main([str(ckpt), "--data", str(test), "--temperatures", "-1", "--out", str(out)])
+        timar_cli.main(["sweep", str(ckpt), "--data", str(test), "--temperatures", "-1", "--out", str(out)])
     with pytest.raises(ValueError, match="noise-correlations"):
-        sweep.main([str(ckpt), "--data", str(test), "--noise-correlations", "1", "--out", str(out)])
+        timar_cli.main(["sweep", str(ckpt), "--data", str(test), "--noise-correlations", "1", "--out", str(out)])
 
 
-def test_temperature_sweep_pick():
-    sweep = load_sweep_script()
+def test_sweep_pick():
     fd = {(0.4, 0.0): 9.0, (1.0, 0.0): 11.0, (0.4, 0.9): 9.8, (1.0, 0.9): 9.5, (0.4, 0.97): 10.5, (1.0, 0.97): 12.0}
     rows = {k: {"fid_exp": v} for k, v in fd.items()}
-    assert sweep.pick(rows, 0.1) == (1.0, 0.9)  # 0.97's best (10.5) is > 9.9; 0.9's best is at T = 1
-    assert sweep.pick(rows, 0.2) == (0.4, 0.97)
-    assert sweep.pick(rows, 0.0) == (0.4, 0.0)
+    assert pick(rows, 0.1) == (1.0, 0.9)  # 0.97's best (10.5) is > 9.9; 0.9's best is at T = 1
+    assert pick(rows, 0.2) == (0.4, 0.97)
+    assert pick(rows, 0.0) == (0.4, 0.0)

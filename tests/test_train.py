@@ -18,16 +18,9 @@ from timar_model.model.checkpoint import load_pretrained
 from timar_model.model.config import get_preset
 from timar_model.model.timar import TIMAR
 from timar_model.runtime.streaming import StreamingGenerator
-from timar_model.train.loop import (
-    TrainRecipe,
-    build_config,
-    build_model,
-    enable_gradient_checkpointing,
-    load_recipe,
-    lr_at,
-    param_groups,
-    train,
-)
+from timar_model.train.loop import enable_gradient_checkpointing, train
+from timar_model.train.optim import lr_at, param_groups
+from timar_model.train.recipe import TrainRecipe, build_config, build_model, load_recipe
 
 # a very small TIMAR: 2 turns of context, 2 blocks of width 32
 TINY_MODEL = dict(

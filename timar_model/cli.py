@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("timar_model.eval.evaluate", "streaming generation + DualTalk metrics on a data split"),
     "metrics": ("timar_model.eval.metrics_cli", "DualTalk metrics for predictions made by any system"),
     "eval-bag": ("timar_model.eval.bag_eval", "latency, frame regularity and metrics from a recorded MCAP bag"),
+    "sweep": ("timar_model.eval.sweep", "evaluate a model at each sampling temperature and noise correlation"),
+    "results-table": ("timar_model.eval.results_table", "Markdown result tables from `timar eval` outputs"),
+    "jaw-budget": ("timar_model.eval.jaw_budget", "where a model's MSE-jaw comes from (regression vs sampling)"),
+    "diagnose": ("timar_model.eval.diagnose", "what a model's backbone carries and how its diffusion head samples"),
+    "card-check": ("timar_model.eval.model_card", "rerun a shipped model's fixed-subset check (--write: record it)"),
 }
 
 

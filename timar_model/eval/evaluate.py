@@ -1,17 +1,18 @@
 """`timar eval`: streaming generation on a DualTalk-layout split + the DualTalk metrics.
 
-    timar eval --checkpoint DIR --data DIR/test --context 0,1,3,7 [--out DIR] [--limit N]
+    timar eval --checkpoint DIR --data DIR/test --history 0,1,3,7 [--out DIR] [--limit N]
     timar eval --baseline zero|mean|copy-partner [--train-data DIR/train] --data DIR/test ...
 
-For every context n (number of history turns; the generator keeps n + 1 turns) and every speaker
-role of every clip (each speaker once as agent, the other as user), the model streams the sample one
-1 s turn at a time, exactly as at run time, over the whole seconds of the sample (the trailing
-fraction is dropped, as in the public protocol). Each prediction is written as
-`<out>/n<ctx>/<clip>_speaker<k>.npy` (T, 56) float32 (k = the agent speaker), then every DualTalk
+For every history n (number of previous turns the model sees, the paper's n; the generator's window
+is n + 1 turns) and every speaker role of every clip (each speaker once as agent, the other as user),
+the model streams the sample one 1 s turn at a time, exactly as at run time, over the whole seconds of
+the sample (the trailing fraction is dropped, as in the public protocol). Each prediction is written as
+`<out>/n<history>/<clip>_speaker<k>.npy` (T, 56) float32 (k = the agent speaker), then every DualTalk
 metric is computed per sample against the agent's ground truth with the other speaker as partner,
-averaged over samples, printed in the published scaling and written to
-`<out>/metrics.json` (unscaled means, scaled table, per-sample values) and CSV files
-(`<out>/summary.csv`: one row per context, published scaling; `<out>/n<ctx>/per_sample.csv`).
+averaged over samples, printed in the published scaling and written to `<out>/metrics.json` (under
+`contexts` / `n<history>`: unscaled means, scaled table, per-sample values) and CSV files
+(`<out>/summary.csv`: one row per history n, in its `context` column, published scaling;
+`<out>/n<history>/per_sample.csv`).
 
 Besides the DualTalk metrics, each sample reports how the jaw follows speech: `jaw_speech_pred` /
 `jaw_speech_gt` = Pearson correlation between the (predicted / GT) jaw opening and the agent's own
@@ -42,18 +43,20 @@ EXTRA_KEYS: tuple[str, ...] = ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc", "h
 # A predictor maps (sample, number of whole turns) -> (turns * 25, 56) float32.
 Predictor = Callable[[object, int], np.ndarray]
 
+HISTORY_HELP = "number of previous turns the model sees, the paper's n; window = n + 1 turns"
+
 
 # ----------------------------------------------------------------------------- pure helpers
 
 
-def parse_contexts(text: str) -> list[int]:
+def parse_history(text: str) -> list[int]:
     """ "0,1,3,7" -> [0, 1, 3, 7]; every value a non-negative int."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as e:
-        raise ValueError(f"--context {text!r}: expected comma-separated integers like 0,1,3,7") from e
+        raise ValueError(f"--history {text!r}: expected comma-separated integers like 0,1,3,7") from e
     if not values or any(v < 0 for v in values):
-        raise ValueError(f"--context {text!r}: expected non-negative integers like 0,1,3,7")
+        raise ValueError(f"--history {text!r}: expected non-negative integers like 0,1,3,7")
     return sorted(set(values))
 
 
@@ -133,8 +136,8 @@ def baseline_predictor(baseline: Baseline) -> Predictor:
 
 
 @dataclass
-class ContextResult:
-    context: int
+class HistoryResult:
+    history: int  # previous turns the model saw (n)
     per_sample: dict[str, dict[str, float]]  # sample name -> metrics
     mean: dict[str, float]
     seconds: float  # wall time of generation (not metrics)
@@ -144,10 +147,10 @@ def evaluate_predictor(
     predict: Predictor,
     samples: Sequence,
     out_dir: Path | None,
-    context: int,
+    history: int,
     max_turns: int | None = None,
     progress: bool = False,
-) -> ContextResult:
+) -> HistoryResult:
     """Predict every sample, optionally save `<out_dir>/<clip>_speaker<k>.npy`, compute metrics."""
     per_sample: dict[str, dict[str, float]] = {}
     gen_time = 0.0
@@ -157,7 +160,7 @@ def evaluate_predictor(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(samples, desc=f"n={context}", unit="sample")
+        iterator = tqdm(samples, desc=f"n={history}", unit="sample")
     for sample in iterator:
         turns = whole_turns(sample, max_turns=max_turns)
         name = sample_name(sample)
@@ -176,17 +179,19 @@ def evaluate_predictor(
         per_sample[name] = sample_metrics(pred, sample)
         if hasattr(sample, "release"):
             sample.release()  # keep memory flat over a large split
-    return ContextResult(context, per_sample, average(list(per_sample.values())), gen_time)
+    return HistoryResult(history, per_sample, average(list(per_sample.values())), gen_time)
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def write_results(out: Path, results: list[ContextResult], meta: dict) -> None:
+def write_results(out: Path, results: list[HistoryResult], meta: dict) -> None:
+    """The files of the module docstring. Their keys keep the names of earlier outputs (`contexts` and
+    `context` hold the history n), which `timar sweep` and `timar results-table` read."""
     out.mkdir(parents=True, exist_ok=True)
     cols = list(M.METRIC_KEYS) + list(EXTRA_KEYS)
     for r in results:
-        d = out / f"n{r.context}"
+        d = out / f"n{r.history}"
         d.mkdir(parents=True, exist_ok=True)
         with open(d / "per_sample.csv", "w", newline="") as f:
             w = csv.writer(f)
@@ -202,7 +207,7 @@ def write_results(out: Path, results: list[ContextResult], meta: dict) -> None:
             scaled = M.scale_published(r.mean)
             w.writerow(
                 [
-                    r.context,
+                    r.history,
                     len(r.per_sample),
                     *(f"{scaled[k]:.6g}" for k in M.TABLE_KEYS),
                     *(f"{r.mean[k]:.6g}" for k in EXTRA_KEYS),
@@ -212,8 +217,8 @@ def write_results(out: Path, results: list[ContextResult], meta: dict) -> None:
         **meta,
         "published_scale": M.PUBLISHED_SCALE,
         "contexts": {
-            f"n{r.context}": {
-                "context": r.context,
+            f"n{r.history}": {
+                "context": r.history,
                 "samples": len(r.per_sample),
                 "generation_seconds": r.seconds,
                 "mean": r.mean,
@@ -237,11 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", type=Path, required=True, help="DualTalk-layout split, e.g. data/synth/test"
     )
-    parser.add_argument(
-        "--context",
-        default="0,1,3,7",
-        help="history turns n (comma list); the generator keeps n + 1 turns (default 0,1,3,7)",
-    )
+    parser.add_argument("--history", default="0,1,3,7", help=f"{HISTORY_HELP} (comma list; default 0,1,3,7)")
     parser.add_argument("--out", type=Path, help="output folder (default outputs/eval/<name>/<split>)")
     parser.add_argument("--limit", type=int, help="only the first N clips (2N predictions), sorted by name")
     parser.add_argument("--max-seconds", type=int, help="only the first N whole seconds of each sample")
@@ -276,7 +277,7 @@ def load_split(data_dir: Path, limit: int | None) -> list:
 def run(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.baseline is None):
         raise SystemExit("timar eval: give exactly one of --checkpoint DIR or --baseline NAME")
-    contexts = parse_contexts(args.context)
+    history = parse_history(args.history)
     samples = load_split(args.data, args.limit)
     name = args.checkpoint.resolve().name if args.checkpoint else f"baseline-{args.baseline}"
     out = args.out or Path("outputs") / "eval" / name / args.data.resolve().name
@@ -285,20 +286,20 @@ def run(args: argparse.Namespace) -> int:
     predictors: dict[int, Predictor] = {}
     if args.baseline:
         baseline = make_baseline(args.baseline, args.train_data)
-        predictors = {n: baseline_predictor(baseline) for n in contexts}
+        predictors = {n: baseline_predictor(baseline) for n in history}
         meta["baseline"] = args.baseline
     else:
         from timar_model.model.checkpoint import load_pretrained
         from timar_model.runtime.streaming import StreamingGenerator
 
         model = load_pretrained(args.checkpoint, device=args.device)
-        max_ctx = model.config.context_turns
-        if contexts[-1] + 1 > max_ctx:
+        window = model.config.context_turns
+        if history[-1] + 1 > window:
             raise ValueError(
-                f"--context {contexts[-1]} needs {contexts[-1] + 1} turns but {args.checkpoint} "
-                f"was trained with context_turns={max_ctx} (largest n is {max_ctx - 1})"
+                f"--history {history[-1]} needs {history[-1] + 1} turns but {args.checkpoint} "
+                f"was trained with context_turns={window} (largest n is {window - 1})"
             )
-        for n in contexts:
+        for n in history:
             gen = StreamingGenerator(
                 model,
                 device=args.device,
@@ -314,19 +315,19 @@ def run(args: argparse.Namespace) -> int:
                     temperature=gen.temperature, noise_correlation=gen.noise_correlation)  # the sampling used
 
     results = []
-    for n in contexts:
+    for n in history:
         results.append(
             evaluate_predictor(predictors[n], samples, out / f"n{n}", n, args.max_seconds, progress=True)
         )
     write_results(out, results, meta)
-    print(M.format_table({f"{name} n={r.context}": r.mean for r in results}))
+    print(M.format_table({f"{name} n={r.history}": r.mean for r in results}))
     for r in results:
         print(
-            f"n={r.context}: {len(r.per_sample)} samples; "
+            f"n={r.history}: {len(r.per_sample)} samples; "
             f"jaw~speech corr pred {r.mean['jaw_speech_pred']:.3f} "
             f"gt {r.mean['jaw_speech_gt']:.3f}; jaw pred~gt {r.mean['jaw_pcc']:.3f}; "
             f"head speed / GT {r.mean['head_speed_ratio']:.2f}; "
             f"generation {r.seconds:.1f} s"
         )
-    print(f"wrote {out}/metrics.json, {out}/summary.csv and n<ctx>/*.npy")
+    print(f"wrote {out}/metrics.json, {out}/summary.csv and n<history>/*.npy")
     return 0

@@ -1,11 +1,13 @@
-"""A shipped model's fixed-subset check: does it still produce the numbers its model card quotes?
+"""`timar card-check`: a shipped model's fixed-subset check: does it still produce the numbers its model
+card quotes?
 
 The subset is regenerated, not stored: the first `clips` clips of the synthetic `test` split for `seed`
 (`timar synth` is deterministic by seed and clip index, so these are the first clips of the corpus the model
-was evaluated on), streamed at context n = `context` for the first `seconds` seconds of each speaker role.
+was evaluated on), streamed with n = `history` previous turns for the first `seconds` seconds of each
+speaker role.
 
-    python -m timar_model.eval.model_card models/timar-small-synth           # compare with card_check.json
-    python -m timar_model.eval.model_card models/timar-small-synth --write   # (re)write card_check.json
+    timar card-check models/timar-small-synth           # compare with card_check.json
+    timar card-check models/timar-small-synth --write   # (re)write card_check.json
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ class SubsetSpec:
     seed: int = 0
     clips: int = 2
     seconds: int = 12
-    context: int = 7
+    history: int = 7  # previous turns the model sees (n)
     sampling_seed: int = 0
 
 
@@ -41,12 +42,12 @@ def subset_metrics(model_dir: str | Path, spec: SubsetSpec = SubsetSpec()) -> di
     from timar_model.runtime.streaming import StreamingGenerator
 
     model = load_pretrained(model_dir, device="cpu")
-    gen = StreamingGenerator(model, context_turns=spec.context + 1, seed=spec.sampling_seed)
+    gen = StreamingGenerator(model, context_turns=spec.history + 1, seed=spec.sampling_seed)
     with tempfile.TemporaryDirectory() as tmp:
         generate_corpus(tmp, hours=0, seed=spec.seed, splits=("test",), clips=spec.clips, workers=1,
                         progress=False)
         samples = sorted(list_samples(Path(tmp) / "test"), key=lambda s: (s.clip, s.agent_speaker))
-        result = evaluate_predictor(generator_predictor(gen), samples, None, spec.context, spec.seconds)
+        result = evaluate_predictor(generator_predictor(gen), samples, None, spec.history, spec.seconds)
     return {k: float(result.mean[k]) for k in KEYS}
 
 
@@ -60,8 +61,7 @@ def compare_check(model_dir: str | Path, rel_tol: float = 0.02, abs_tol: float =
     """Recompute the subset metrics and list every one that moved beyond tolerance (empty list = pass)."""
     path = Path(model_dir) / CHECK_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no model-card check; write it with "
-                                f"`python -m timar_model.eval.model_card {model_dir} --write`")
+        raise FileNotFoundError(f"{path}: no model-card check; write it with `timar card-check {model_dir} --write`")
     record = json.loads(path.read_text())
     now = subset_metrics(model_dir, SubsetSpec(**record["spec"]))
     problems = []
@@ -72,11 +72,12 @@ def compare_check(model_dir: str | Path, rel_tol: float = 0.02, abs_tol: float =
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--write", action="store_true", help="(re)write card_check.json instead of comparing")
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", type=Path, help="model directory (config.json + model.safetensors)")
+    parser.add_argument("--write", action="store_true", help=f"(re)write {CHECK_FILE} instead of comparing")
+
+
+def run(args: argparse.Namespace) -> int:
     if args.write:
         record = write_check(args.model_dir)
         print(json.dumps(record, indent=1))
@@ -84,7 +85,3 @@ def main(argv: list[str] | None = None) -> int:
     problems = compare_check(args.model_dir)
     print("model card check: " + ("OK" if not problems else "FAILED\n  " + "\n  ".join(problems)))
     return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,6 +22,9 @@ from typing import Any
 from timar_model.motion import FPS, FRAMES_PER_TURN, MOTION_DIM, SAMPLE_RATE
 
 NUM_SPECIAL_TOKENS = 10
+# Fields of earlier versions that no longer exist; their config files still load (the key is ignored).
+# cfg: a classifier-free guidance scale that the sampler never read.
+REMOVED_FIELDS = ("cfg",)
 
 _CHOICES = {
     "attention": ("turn_causal", "bidirectional"),
@@ -75,11 +78,10 @@ class TimarConfig:
     noise_schedule: str = "cosine"
     diffusion_batch_mul: int = 4
     temperature: float = 1.0
-    cfg: float = 1.0
     # Sampling only (training is unchanged): clamp the learned-range variance output to its design range
     # [-1, 1] (variance between the clipped posterior variance and beta). Off = the public code, which
-    # extrapolates; a briefly trained head can output far outside the range (means 1.5-19 in the shipped
-    # small model: scripts/probe_model.py), and the extrapolated noise of the 5 respaced steps then swamps the sample.
+    # extrapolates; a briefly trained head can output far outside the range (the shipped small model does:
+    # `timar diagnose`), and the extrapolated noise of the few respaced steps then swamps the sample.
     clamp_variance: bool = False
     # Sampling only, streaming: correlation rho of the diffusion noise from one frame to the next (an AR(1)
     # process with unit variance per frame, continuous across turns, one per sampling step and channel).
@@ -152,10 +154,10 @@ class TimarConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TimarConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known - set(REMOVED_FIELDS))
         if unknown:
             raise ValueError(f"TimarConfig.from_dict: unknown keys {unknown}")
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in known})
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

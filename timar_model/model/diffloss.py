@@ -67,7 +67,6 @@ class SimpleMLPAdaLN(nn.Module):
         self, in_channels: int, model_channels: int, out_channels: int, z_channels: int, num_res_blocks: int
     ):
         super().__init__()
-        self.in_channels = in_channels
         self.time_embed = TimestepEmbedder(model_channels)
         self.cond_embed = nn.Linear(z_channels, model_channels)
         self.input_proj = nn.Linear(in_channels, model_channels)
@@ -95,15 +94,6 @@ class SimpleMLPAdaLN(nn.Module):
         for block in self.res_blocks:
             x = block(x, y)
         return self.final_layer(x, y)  # (N, out)
-
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale: float):
-        """Rows are [conditional; unconditional] halves; guidance applied to the x0 half of the output."""
-        half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, c)
-        x0, rest = out[:, : self.in_channels], out[:, self.in_channels :]
-        cond, uncond = x0.chunk(2, dim=0)
-        guided = uncond + cfg_scale * (cond - uncond)
-        return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)
 
 
 class DiffLoss(nn.Module):
@@ -153,29 +143,15 @@ class DiffLoss(nn.Module):
         self,
         z: torch.Tensor,
         temperature: float = 1.0,
-        cfg: float = 1.0,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         diffusion=None,
     ) -> torch.Tensor:
-        """z (N, Dz) -> x0 (N, C). With cfg != 1, z is [cond; uncond] (2M rows) and both halves share noise.
-        noise: explicit draws (steps + 1, N or M, C)."""
+        """z (N, Dz) -> x0 (N, C). noise: explicit draws (steps + 1, N, C)."""
         diffusion = diffusion or self.gen_diffusion
-        if cfg == 1.0:
-            return diffusion.p_sample_loop(
-                self.net, z, self.in_channels, noise=noise, generator=generator, temperature=temperature
-            )
-        M = z.shape[0] // 2
-        if noise is None:
-            noise = torch.randn(
-                diffusion.num_timesteps + 1, M, self.in_channels, generator=generator, device=z.device
-            )
-        noise = torch.cat([noise, noise], dim=1)
-
-        def net(x, t, c):
-            return self.net.forward_with_cfg(x, t, c, cfg)
-
-        return diffusion.p_sample_loop(net, z, self.in_channels, noise=noise, temperature=temperature)
+        return diffusion.p_sample_loop(
+            self.net, z, self.in_channels, noise=noise, generator=generator, temperature=temperature
+        )
 
 
 class MLPHead(nn.Sequential):

@@ -439,19 +439,11 @@ class TIMAR(nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         diffusion=None,
-        z_uncond: torch.Tensor | None = None,
-        cfg: float = 1.0,
     ) -> torch.Tensor:
         """Raw motion (N, 56) for backbone outputs z (N, Wz) of selected positions.
-        noise: explicit Gaussian draws (steps + 1, N, 56); cfg != 1 needs z_uncond (N, Wz)."""
+        noise: explicit Gaussian draws (steps + 1, N, 56)."""
         if self.config.head == "mlp":
             return self.motion_from_model(self.mlp_head(z).float())
         temperature = self.config.temperature if temperature is None else temperature
-        if cfg != 1.0:
-            if z_uncond is None:
-                raise ValueError("sample_positions: cfg != 1 needs z_uncond")
-            z = torch.cat([z, z_uncond], dim=0)
-            x = self.diffloss.sample(z, temperature, cfg, noise, generator, diffusion)[: len(z) // 2]
-        else:
-            x = self.diffloss.sample(z, temperature, 1.0, noise, generator, diffusion)
+        x = self.diffloss.sample(z, temperature, noise, generator, diffusion)
         return self.motion_from_model(x.float())

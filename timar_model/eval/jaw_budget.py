@@ -1,16 +1,17 @@
-"""Where TIMAR's MSE-jaw comes from, next to the MLP-head ablation's, on 8-turn windows of a split.
+"""`timar jaw-budget`: where TIMAR's MSE-jaw comes from, next to the MLP-head ablation's, on the windows of
+a split (the model's window length, no overlap).
 
-    python scripts/jaw_mse_budget.py runs/small-synthetic/final --mlp runs/small-synthetic-mlp/final \
+    timar jaw-budget runs/small-synthetic/final --mlp runs/small-synthetic-mlp/final \
         [--data data/synth-val/test] [--temperatures 1,0.7,0.5,0.3]
 
-Prints MSE-jaw (x1e3, the published scaling; mean over the 3 jaw channels) of:
+Prints MSE-jaw (the published scaling; mean over the jaw channels) of:
 - the synthetic corpus's own rule (`timar_model.data.synth`) as a predictor, when the split has a
   manifest.json next to it: knowing each speaker's jaw_gain / jaw_lag (only the rule's noise is left), and
   with the training range's mid gain / lag (what a model that cannot see the speaker's style can reach);
 - the MLP head on the backbone output z (when `--mlp` shares the model's backbone, as with the two-stage
   recipe; the backbone is checked parameter by parameter);
-- the diffusion head's own regression: its x0 prediction at t = 999 (x_t is then pure noise, so this is
-  its estimate of E[x | z]);
+- the diffusion head's own regression: its x0 prediction at the last training timestep (x_t is then pure
+  noise, so this is its estimate of E[x | z]);
 - diffusion samples at each temperature (the configured number of steps), and their mean squared distance
   to that x0 (the spread the sampler adds).
 A sampler whose spread matches the data pays that spread on top of the regression's error; a regressor
@@ -27,17 +28,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from timar_model.data.dualtalk import DualTalkWindows
-from timar_model.model.checkpoint import load_pretrained
-from timar_model.model.diffusion import create_diffusion
-from timar_model.model.timar import AGENT_MOTION
+from timar_model.eval.diagnose import (
+    JAW_OPENING,
+    head_regression,
+    last_timestep,
+    masked_backbone_outputs,
+    model_windows,
+)
+from timar_model.eval.metrics import PUBLISHED_SCALE
+from timar_model.motion import JAW, MOTION_DIM
 
-JAW = slice(50, 53)  # jaw axis-angle in the 56-d motion vector [exp 50 | jaw 3 | head 3]
+JAW_SCALE = PUBLISHED_SCALE["mse_jaw"]
 
 
 def mse_jaw(pred: np.ndarray, gt: np.ndarray) -> float:
-    """MSE over the 3 jaw channels, x1e3 (published scaling); (N, 56) raw FLAME units."""
-    return float(np.mean((pred[:, JAW] - gt[:, JAW]) ** 2) * 1e3)
+    """MSE over the jaw channels in the published scaling; (N, 56) raw FLAME units."""
+    return float(np.mean((pred[:, JAW] - gt[:, JAW]) ** 2) * JAW_SCALE)
 
 
 def rule_floors(split: Path) -> dict[str, float] | None:
@@ -61,23 +67,27 @@ def rule_floors(split: Path) -> dict[str, float] | None:
             gt = np.load(split / f"{clip['clip']}_speaker{k}.npz")["pose"][:, 3:]
             env = envelope(np.asarray(audio, np.float64))[: len(gt)]
             for name, s in (("own gain / lag", style), ("mid-range gain / lag", mid)):
-                pred = np.zeros((len(env), 56))
-                pred[:, 50] = np.clip(s["jaw_gain"] * delay(env, s["jaw_lag"]), 0.0, 0.3)
-                full = np.zeros((len(env), 56))
+                pred = np.zeros((len(env), MOTION_DIM))
+                pred[:, JAW_OPENING] = np.clip(s["jaw_gain"] * delay(env, s["jaw_lag"]), 0.0, 0.3)
+                full = np.zeros((len(env), MOTION_DIM))
                 full[:, JAW] = gt[: len(env)]
                 errs[name].append(mse_jaw(pred, full))
     return {k: float(np.mean(v)) for k, v in errs.items() if v}
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="TIMAR model directory (diffusion head)")
+    parser.add_argument("--mlp", type=Path, help="MLP-head model directory (the ablation) sharing the backbone")
+    parser.add_argument("--data", type=Path, default=Path("data/synth-val/test"), help="split (DualTalk layout)")
+    parser.add_argument("--temperatures", default="1,0.7,0.5,0.3", help="sampling temperatures (comma list)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 @torch.no_grad()
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="TIMAR model directory (diffusion head)")
-    ap.add_argument("--mlp", help="MLP-head model directory (the ablation) sharing the backbone")
-    ap.add_argument("--data", type=Path, default=Path("data/synth-val/test"))
-    ap.add_argument("--temperatures", default="1,0.7,0.5,0.3")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    from timar_model.model.checkpoint import load_pretrained
+    from timar_model.model.diffusion import create_diffusion
+
     torch.manual_seed(args.seed)
     m = load_pretrained(args.model).float().eval()
     if m.config.head != "diffusion":
@@ -87,20 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, v in floors.items():
             print(f"corpus rule, {name}: MSE-jaw {v:.3f}")
 
-    ds = DualTalkWindows(args.data, window_turns=m.config.context_turns, audio_norm=m.config.audio_norm,
-                         stride_turns=m.config.context_turns)
-    Z, Y = [], []
-    for i in range(len(ds)):
-        b = {k: v[None] for k, v in ds[i].items()}
-        tokens = m.interleave(m.encode_speech(b["user_speech"]), m.encode_motion(b["user_motion"]),
-                              m.encode_speech(b["agent_speech"]), m.encode_motion(b["agent_motion"]))
-        agent = m.window_types(tokens.shape[1]) == AGENT_MOTION
-        Z.append(m.forward_backbone(tokens, agent)[0][agent])  # (W*F, width): every agent frame masked
-        Y.append(b["agent_motion"][0])  # (W*F, 56) raw
-    Z, gt = torch.cat(Z), torch.cat(Y).numpy()
+    windows = model_windows(m, args.data)
+    Z, _, motion = masked_backbone_outputs(m, windows, range(len(windows)))
+    gt = motion.numpy()
     n = len(Z)
     raw = m.motion_from_model  # the model's (normalised) space -> raw FLAME units
-    print(f"{len(ds)} windows of {m.config.context_turns} turns from {args.data} ({n} agent frames)")
+    print(f"{len(windows)} windows of {m.config.context_turns} turns from {args.data} ({n} agent frames)")
 
     if args.mlp:
         mlp = load_pretrained(args.mlp).float().eval()
@@ -110,18 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         if not same:
             raise SystemExit(f"--mlp {args.mlp}: its backbone differs from {args.model}'s (not the same stage 1)")
         print(f"MLP head (regression on the same z):           MSE-jaw {mse_jaw(raw(mlp.mlp_head(Z)).numpy(), gt):.3f}")
-    net = m.diffloss.net
-    x0 = net(torch.randn(n, 56), torch.full((n,), 999), Z)[:, :56]
-    print(f"diffusion head, x0 at t=999 (its regression):   MSE-jaw {mse_jaw(raw(x0).numpy(), gt):.3f}")
+    x0 = head_regression(m, Z)
+    print(f"diffusion head, x0 at t={last_timestep(m)} (its regression):   MSE-jaw {mse_jaw(raw(x0).numpy(), gt):.3f}")
     diffusion = create_diffusion(m.config.num_sampling_steps, m.config.noise_schedule,
                                  clamp_variance=m.config.clamp_variance)
     for t in (float(x) for x in args.temperatures.split(",")):
         s = m.diffloss.sample(Z, t, generator=torch.Generator().manual_seed(args.seed), diffusion=diffusion)
-        spread = float(((raw(s) - raw(x0))[:, JAW] ** 2).mean() * 1e3)
+        spread = float(((raw(s) - raw(x0))[:, JAW] ** 2).mean() * JAW_SCALE)
         print(f"diffusion samples, temperature {t:g}:  MSE-jaw {mse_jaw(raw(s).numpy(), gt):.3f}  "
               f"(spread about x0 {spread:.3f})")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,8 @@
-"""Sampling sweep of a TIMAR model on a validation split: streaming evaluation (`timar eval`) at each
-temperature and noise correlation, one table and one figure of the metrics that move with them.
+"""`timar sweep`: sampling sweep of a TIMAR model on a validation split: streaming evaluation (`timar eval`)
+at each temperature and noise correlation, one table and one figure of the metrics that move with them.
 
-    python scripts/temperature_sweep.py runs/small-synthetic/final --data data/synth-val/test \
-        [--temperatures 0.3,0.4,0.5,0.6,0.7,1.0] [--noise-correlations 0,0.9] [--context 7] \
+    timar sweep runs/small-synthetic/final --data data/synth-val/test \
+        [--temperatures 0.3,0.4,0.5,0.6,0.7,1.0] [--noise-correlations 0,0.9] [--history 7] \
         [--reference outputs/temperature-sweep/mlp-head] [--out outputs/temperature-sweep]
 
 The temperature scales the fresh noise of every diffusion step (not x_T), as in MAR and the public TIMAR
@@ -46,13 +46,13 @@ def parse_values(text: str, name: str, upper: float = math.inf) -> list[float]:
     return values
 
 
-def row(metrics_json: Path, context: int) -> dict[str, float]:
-    """The plotted metrics of one `timar eval` output at one context (published scaling where it applies)."""
+def row(metrics_json: Path, history: int) -> dict[str, float]:
+    """The plotted metrics of one `timar eval` output at n = `history` (published scaling where it applies)."""
     doc = json.loads(metrics_json.read_text())
-    ctx = doc["contexts"].get(f"n{context}")
-    if ctx is None:
-        raise KeyError(f"{metrics_json}: no n={context} results (evaluate with --context {context})")
-    return {k: ctx["published"][k] if k in PUBLISHED_SCALE else ctx["mean"].get(k, float("nan")) for k, _ in PLOTTED}
+    res = doc["contexts"].get(f"n{history}")
+    if res is None:
+        raise KeyError(f"{metrics_json}: no n={history} results (evaluate with --history {history})")
+    return {k: res["published"][k] if k in PUBLISHED_SCALE else res["mean"].get(k, float("nan")) for k, _ in PLOTTED}
 
 
 def pick(rows: dict[tuple[float, float], dict[str, float]], fd_tolerance: float) -> tuple[float, float]:
@@ -66,10 +66,10 @@ def pick(rows: dict[tuple[float, float], dict[str, float]], fd_tolerance: float)
     return temp, rho
 
 
-def run_eval(checkpoint: Path, data: Path, temperature: float, rho: float, context: int, out: Path) -> None:
+def run_eval(checkpoint: Path, data: Path, temperature: float, rho: float, history: int, out: Path) -> None:
     parser = argparse.ArgumentParser()
     evaluate.add_arguments(parser)
-    args = parser.parse_args(["--checkpoint", str(checkpoint), "--data", str(data), "--context", str(context),
+    args = parser.parse_args(["--checkpoint", str(checkpoint), "--data", str(data), "--history", str(history),
                               "--temperature", str(temperature), "--noise-correlation", str(rho),
                               "--out", str(out)])
     evaluate.run(args)
@@ -104,18 +104,19 @@ def plot(rows: dict[Setting, dict[str, float]], reference: dict[str, float] | No
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", type=Path, help="model directory (config.json + model.safetensors)")
-    ap.add_argument("--data", type=Path, required=True, help="validation split (DualTalk layout)")
-    ap.add_argument("--temperatures", default="0.3,0.4,0.5,0.6,0.7,1.0")
-    ap.add_argument("--noise-correlations", default="0", help="frame-to-frame noise correlations in [0, 1)")
-    ap.add_argument("--context", type=int, default=7, help="history turns n")
-    ap.add_argument("--fd-tolerance", type=float, default=0.1,
-                    help="the pick's allowed FD-exp loss (relative) for a smoother head (see pick())")
-    ap.add_argument("--reference", type=Path, help="a finished `timar eval` folder drawn as a line")
-    ap.add_argument("--out", type=Path, default=Path("outputs/temperature-sweep"))
-    args = ap.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="model directory (config.json + model.safetensors)")
+    parser.add_argument("--data", type=Path, required=True, help="validation split (DualTalk layout)")
+    parser.add_argument("--temperatures", default="0.3,0.4,0.5,0.6,0.7,1.0", help="sampling temperatures (comma list)")
+    parser.add_argument("--noise-correlations", default="0", help="frame-to-frame noise correlations in [0, 1)")
+    parser.add_argument("--history", type=int, default=7, help=evaluate.HISTORY_HELP)
+    parser.add_argument("--fd-tolerance", type=float, default=0.1,
+                        help="the pick's allowed FD-exp loss (relative) for a smoother head (see pick())")
+    parser.add_argument("--reference", type=Path, help="a finished `timar eval` folder drawn as a line")
+    parser.add_argument("--out", type=Path, default=Path("outputs/temperature-sweep"))
+
+
+def run(args: argparse.Namespace) -> int:
     settings = [(t, r) for r in parse_values(args.noise_correlations, "--noise-correlations", 1.0)
                 for t in parse_values(args.temperatures, "--temperatures")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -125,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / f"t{t:g}-r{r:g}"
         if not (folder / "metrics.json").is_file():
             print(f"temperature {t:g}, noise correlation {r:g}: evaluating -> {folder}")
-            run_eval(args.checkpoint, args.data, t, r, args.context, folder)
-        rows[t, r] = row(folder / "metrics.json", args.context)
-    reference = row(args.reference / "metrics.json", args.context) if args.reference else None
+            run_eval(args.checkpoint, args.data, t, r, args.history, folder)
+        rows[t, r] = row(folder / "metrics.json", args.history)
+    reference = row(args.reference / "metrics.json", args.history) if args.reference else None
     ref_name = args.reference.name if args.reference else ""
 
     with open(args.out / "sweep.csv", "w", newline="") as f:
@@ -135,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         w.writerow(["temperature", "noise_correlation", *(k for k, _ in PLOTTED)])
         for t, r in settings:
             w.writerow([f"{t:g}", f"{r:g}", *(f"{rows[t, r][k]:.6g}" for k, _ in PLOTTED)])
-    lines = [f"Temperature sweep: {args.checkpoint} on {args.data}, n = {args.context} "
-             "(`python scripts/temperature_sweep.py`)\n",
+    lines = [f"Temperature sweep: {args.checkpoint} on {args.data}, n = {args.history} (`timar sweep`)\n",
              "| temperature | noise corr. | " + " | ".join(label for _, label in PLOTTED) + " |",
              "|---|---|" + "---|" * len(PLOTTED)]
     for t, r in settings:
@@ -152,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     (args.out / "sweep.md").write_text(text + "\n")
     plot(rows, reference, ref_name, args.out / "sweep.png",
-         f"{args.checkpoint} on {args.data}, n = {args.context}")
+         f"{args.checkpoint} on {args.data}, n = {args.history}")
     print(text)
     print(f"wrote {args.out}/sweep.csv, sweep.md, sweep.png")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

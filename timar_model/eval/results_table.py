@@ -1,8 +1,8 @@
-"""Markdown result tables from `timar eval` outputs (for the README and the model card).
+"""`timar results-table`: Markdown result tables from `timar eval` outputs (for the README and the model card).
 
-    python scripts/results_table.py outputs/eval [--systems timar-small,mlp-head,zero,mean,copy-partner]
+    timar results-table outputs/eval [--systems timar-small,mlp-head,zero,mean,copy-partner]
 
-Reads <root>/<system>/<split>/metrics.json and prints, for every split and context n, one table in the
+Reads <root>/<system>/<split>/metrics.json and prints, for every split and history n, one table in the
 paper's scaling (FD / P-FD / MSE / SID / rPCC for exp, jaw, pose) plus the jaw-speech correlations, the
 head speed relative to the ground truth (1 = as smooth as the data), and a
 check of the model against every baseline on FD-exp, MSE-jaw and P-FD-pose.
@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
+from timar_model.eval.evaluate import EXTRA_KEYS
 from timar_model.eval.metrics import PUBLISHED_SCALE, TABLE_KEYS
 
 SHORT = {"fid": "FD", "p_fid": "P-FD", "mse": "MSE", "sid": "SID", "rpcc": "rPCC"}
@@ -44,11 +44,11 @@ def tables(results: dict[str, dict[str, dict]], model: str, variants: tuple[str,
     """`variants` (e.g. the model at other sampling settings) are shown but not checked against."""
     lines: list[str] = []
     for split, by_system in results.items():
-        contexts = sorted({c for m in by_system.values() for c in m["contexts"]}, key=lambda c: int(c[1:]))
-        for ctx in contexts:
-            rows = {s: m["contexts"][ctx] for s, m in by_system.items() if ctx in m["contexts"]}
+        history = sorted({h for m in by_system.values() for h in m["contexts"]}, key=lambda h: int(h[1:]))
+        for n in history:
+            rows = {s: m["contexts"][n] for s, m in by_system.items() if n in m["contexts"]}
             any_row = next(iter(rows.values()))
-            lines.append(f"**{split}, n = {ctx[1:]}** ({any_row['samples']} predictions)\n")
+            lines.append(f"**{split}, n = {n[1:]}** ({any_row['samples']} predictions)\n")
             header = ["system", *(_label(k) for k in TABLE_KEYS), "jaw~speech pred", "jaw~speech GT", "jaw PCC",
                       "head speed / GT"]
             lines.append("| " + " | ".join(header) + " |")
@@ -56,8 +56,7 @@ def tables(results: dict[str, dict[str, dict]], model: str, variants: tuple[str,
             for system, r in rows.items():
                 pub, mean = r["published"], r["mean"]
                 cells = [_cell(pub.get(k)) for k in TABLE_KEYS]
-                extra = [_cell(mean.get(k), 3) for k in ("jaw_speech_pred", "jaw_speech_gt", "jaw_pcc",
-                                                          "head_speed_ratio")]
+                extra = [_cell(mean.get(k), 3) for k in EXTRA_KEYS]
                 name = f"**{system}**" if system == model else system
                 lines.append("| " + " | ".join([name, *cells, *extra]) + " |")
             if model in rows:
@@ -73,21 +72,18 @@ def tables(results: dict[str, dict[str, dict]], model: str, variants: tuple[str,
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", type=Path, help="folder holding <system>/<split>/metrics.json")
     parser.add_argument("--systems", default="timar-small,mlp-head,zero,mean,copy-partner")
     parser.add_argument("--model", default="timar-small", help="the system checked against the others")
     parser.add_argument("--variants", default="", help="systems shown but not checked against (comma list)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     systems = [s for s in args.systems.split(",") if s]
     results = load(args.root, systems)
     if not results:
-        print(f"no metrics.json under {args.root}/<system>/<split>/ for systems {systems}", file=sys.stderr)
-        return 1
+        raise SystemExit(f"timar results-table: no metrics.json under {args.root}/<system>/<split>/ "
+                         f"for systems {systems}")
     print(tables(results, args.model, tuple(v for v in args.variants.split(",") if v)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
