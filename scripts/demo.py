@@ -1,8 +1,10 @@
 """The README demo (run through scripts/demo.sh, which sets up and sources env.sh first).
 
 1. generates a short synthetic conversation with `timar synth` (reused if it is already there);
-2. runs the full ROS 2 graph through `timar_run` with config/demo.yaml: conversation_player -> agent (the
-   shipped models/timar-small-synth) -> head_bridge, everything recorded by bag_recorder into an MCAP bag;
+2. runs the `demo` graph through `timar_run demo` (config/agent.yaml + config/demo.yaml): conversation_player ->
+   agent (the shipped models/timar-small-synth) -> head_bridge -> sim_head, everything recorded by bag_recorder
+   into an MCAP bag; `--param NODE.NAME=VALUE` becomes the runner's `-p NODE.NAME:=VALUE` (also
+   `timar_graph.cpu_affinity.NODE=[...]`);
 3. prints the `timar eval-bag` report and writes a picture of the agent's motion against ground truth.
 """
 
@@ -16,8 +18,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,21 +36,19 @@ def ensure_conversation(data: Path, seconds: float, seed: int) -> Path:
     return split
 
 
-class NoAliasDumper(yaml.SafeDumper):
-    def ignore_aliases(self, data) -> bool:
-        return True
-
-
-def pinning(args) -> dict[str, dict]:
-    """Core isolation for a CPU-only run: the agent's inference thread on the last usable CPU, the player,
-    recorder and bridge on the others (5-min session here: turn end -> first frame p95 147 ms pinned vs
-    159-172 ms unpinned). Nothing with fewer than 2 CPUs, on a GPU, or with --no-pinning."""
+def pinning(args) -> list[str]:
+    """Core isolation for a CPU-only run, as runner overrides: the agent's inference thread on the last usable
+    CPU, the player, recorder, bridge and simulated head on the others (5-min session here: turn end -> first
+    frame p95 147 ms pinned vs 159-172 ms unpinned). Nothing with fewer than 2 CPUs, on a GPU, or with
+    --no-pinning."""
     cpus = sorted(os.sched_getaffinity(0))
     if args.no_pinning or args.device != "cpu" or len(cpus) < 2:
-        return {"agent": {}, "runner": {}}
-    rest = cpus[:-1]
-    return {"agent": {"inference_cpu": cpus[-1]},
-            "runner": {"cpu_affinity": {n: list(rest) for n in ("conversation_player", "bag_recorder", "head_bridge")}}}
+        return []
+    rest = ", ".join(map(str, cpus[:-1]))
+    return [f"agent.inference_cpu:={cpus[-1]}"] + [
+        f"timar_graph.cpu_affinity.{n}:=[{rest}]" for n in ("conversation_player", "bag_recorder", "head_bridge",
+                                                             "sim_head")
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not give inference a core of its own (default with >= 2 CPUs: the last CPU runs the "
                          "agent's inference thread, the other nodes run on the remaining CPUs)")
     ap.add_argument("--param", action="append", default=[], metavar="NODE.NAME=VALUE",
-                    help="override a node parameter, e.g. --param agent.threads=1 (repeatable; YAML values)")
+                    help="override a node parameter, e.g. --param agent.threads=1 (repeatable; YAML values); "
+                         "timar_graph.cpu_affinity.NODE=[CPUs] pins a node")
     args = ap.parse_args(argv)
-    params: dict[str, dict] = {}
+    overrides = []
     for item in args.param:
         key, sep, value = item.partition("=")
         node, dot, name = key.partition(".")
         if not sep or not dot or not node or not name:
             ap.error(f"--param {item!r}: expected NODE.NAME=VALUE, e.g. agent.threads=1")
-        params.setdefault(node, {})[name] = yaml.safe_load(value)
+        overrides.append(f"{key}:={value}")
 
     ckpt = (ROOT / args.checkpoint).resolve()
     if not (ckpt / "config.json").is_file() or not (ckpt / "model.safetensors").is_file():
@@ -87,20 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     if bag.exists():
         shutil.rmtree(bag)  # the recorder never overwrites; this folder is the demo's own output
     out.mkdir(parents=True, exist_ok=True)
-    pin = pinning(args)
-    nodes = {
-        "agent": {"checkpoint": str(ckpt), "device": args.device, **pin["agent"]},
-        "runner": pin["runner"],
-        "conversation_player": {"data_dir": str(split), "max_turns": int(args.seconds)},
-        "bag_recorder": {"output": str(bag)},
-    }
-    for node, values in params.items():
-        nodes.setdefault(node, {}).update(values)
-    overrides = {"/**": {"ros__parameters": nodes}}
-    run_yaml = out / "run.yaml"
-    run_yaml.write_text(yaml.dump(overrides, Dumper=NoAliasDumper))  # rcl refuses YAML aliases
-    cmd = [sys.executable, "-m", "timar_ros.runner", "--config", str(ROOT / "config" / "demo.yaml"),
-           "--config", str(run_yaml), "--log-dir", str(out / "logs"), "--timeout", str(args.seconds + 90)]
+    # the demo's own values over config/demo.yaml: launch arguments, then overrides with the --param items last
+    arguments = [f"checkpoint:={ckpt}", f"device:={args.device}", f"bag_path:={bag}"]
+    params = [f"conversation_player.data_dir:={split}", f"conversation_player.max_turns:={int(args.seconds)}",
+              *pinning(args), *overrides]
+    cmd = [sys.executable, "-m", "timar_ros.runner", "demo", *arguments]
+    for item in params:
+        cmd += ["-p", item]
+    cmd += ["--log-dir", str(out / "logs"), "--timeout", str(args.seconds + 90)]
     print(f"[demo] {' '.join(cmd)}")
     t = time.monotonic()
     code = subprocess.call(cmd, cwd=ROOT)

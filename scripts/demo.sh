@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: bootstraps the environment when needed, then runs a synthetic conversation through the full
-# ROS 2 graph (player -> agent -> head bridge -> recorder) on the shipped default model, records an MCAP bag,
-# prints the bag report and writes a picture of the agent's motion against ground truth.
+# ROS 2 `demo` graph (player -> agent -> head bridge -> simulated head, all recorded) on the shipped default
+# model, records an MCAP bag, prints the bag report and writes a picture of the agent's motion against ground
+# truth.
 # Arguments go to scripts/demo.py (see --help).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,15 +1,19 @@
-"""End to end over real DDS, one process per node: player -> agent -> head_bridge -> bag_recorder.
+"""End to end over real DDS, one process per node: player -> agent -> head_bridge -> sim_head, bag_recorder.
 
-A tiny random TIMAR and a generated 22 s clip pair are replayed in real time through `timar_run`; the recorded
-MCAP bag must hold 25 frames for every turn with continuous, monotonic stamps, joint commands within their
-limits, read back with both rosbags and mcap_ros2, and the agent's motion must equal an offline
-StreamingGenerator run on the same clip (same seed), so its DualTalk metrics match too.
+A tiny random TIMAR and a generated 22 s clip pair are replayed in real time through `timar_run demo`; the
+recorded MCAP bag must hold 25 frames for every turn with continuous, monotonic stamps, joint commands within
+their limits, read back with both rosbags and mcap_ros2, and the agent's motion must equal an offline
+StreamingGenerator run on the same clip (same seed), so its DualTalk metrics match too. The runner's own
+behaviour (sim time, CPU pinning, exit codes, clean stop) is checked on the player and the recorder alone.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,22 +108,32 @@ rclpy.shutdown()
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory):
+def ros_domain_module():
+    """ROS_DOMAIN_ID of its own for the module's shared session (the `ros_domain_id` fixture is per test)."""
+    domain = random.Random(os.getpid() * 7919 + random.randrange(1 << 30)).randrange(1, 101)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_DOMAIN_ID", str(domain))
+        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        yield domain
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, ros_domain_module):
     tmp = tmp_path_factory.mktemp("rosgraph")
     make_tiny_model(tmp / "model")
     make_clip(tmp / "data" / "test", TURNS)
-    cfg = {"/**": {"ros__parameters": {
+    cfg = {
         # float32 so that the live motion can be compared with an offline float32 run to 1e-5
-        "agent": {"checkpoint": str(tmp / "model"), "device": "cpu", "dtype": "float32", "idle_timeout": 0.5},
-        "conversation_player": {"data_dir": str(tmp / "data" / "test"), "max_turns": 0,
-                                "wait_for_subscribers": 2},
-        "bag_recorder": {"output": str(tmp / "bag")},
-    }}}
+        "/**/agent": {"ros__parameters": {"checkpoint": str(tmp / "model"), "device": "cpu", "dtype": "float32",
+                                          "idle_timeout": 0.5}},
+        "/**/conversation_player": {"ros__parameters": {"data_dir": str(tmp / "data" / "test"), "max_turns": 0,
+                                                        "wait_for_subscribers": 2}},
+        "/**/bag_recorder": {"ros__parameters": {"output": str(tmp / "bag")}},
+    }
     (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     runner = subprocess.Popen(
-        ["bash", "-c", f"source {ENV_SH} && OMP_NUM_THREADS=1 exec python -m timar_ros.runner "
-                       f"--config {ROOT / 'config' / 'demo.yaml'} --config {tmp / 'run.yaml'} "
+        ["bash", "-c", f"source {ENV_SH} && OMP_NUM_THREADS=1 exec timar_run demo --config {tmp / 'run.yaml'} "
                        f"--log-dir {tmp / 'logs'} --timeout 150"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
@@ -152,10 +166,13 @@ def test_every_turn_has_25_continuous_frames(session):
 @_apply(ros_graph)
 def test_joint_commands_within_limits(session):
     from rosbags.highlevel import AnyReader
+    from timar_ros.graph import plan
 
     from timar_model.eval.bag_eval import timar_typestore
 
-    p = yaml.safe_load((ROOT / "config" / "agent.yaml").read_text())["/**"]["ros__parameters"]["head_bridge"]
+    demo = plan("demo", configs=[session / "run.yaml"])  # the values the head bridge ran with
+    p = {k: demo.value("head_bridge", k) for k in ("joint_names", "lower", "upper", "max_velocity",
+                                                     "max_acceleration")}
     lower, upper = np.array(p["lower"]), np.array(p["upper"])
     vmax, amax = np.array(p["max_velocity"]), np.array(p["max_acceleration"])
     states, accels = [], []
@@ -192,6 +209,8 @@ def test_bag_reads_back_with_mcap_ros2(session):
             assert len(m.ros_msg.expression) == 50 and m.ros_msg.frame_index < 25
     assert counts == {k: v for k, v in read_bag(session / "bag").topics.items() if v}
     assert counts["/user/audio"] == TURNS * 10 + 10 and counts["/agent/head_motion"] == TURNS * 25  # + bad
+    assert counts["/agent/motion_turn"] == TURNS and counts["/conversation/done"] == 1
+    assert counts["/sim_head/joint_states"] > 0 and counts["/sim_head/reference"] > 0
 
 
 @_apply(ros_graph)
@@ -310,50 +329,6 @@ def test_eval_bag_report_on_synthetic_bag(tmp_path):
         read_bag(tmp_path)
 
 
-# ----------------------------------------------------------------------------- lifecycle of the agent node
-LIFECYCLE = """
-import sys
-import rclpy
-from rclpy.lifecycle import TransitionCallbackReturn as R
-from rclpy.parameter import Parameter
-from timar_ros.agent import TimarAgent
-rclpy.init()
-def agent(ckpt, ns):
-    return TimarAgent(namespace=ns, parameter_overrides=[Parameter("agent.checkpoint", value=ckpt),
-                                                         Parameter("agent.autostart", value=False)])
-a = agent(sys.argv[1], "ok")
-assert a.gen is None
-assert a.trigger_configure() == R.SUCCESS and a.gen is not None
-assert a.trigger_activate() == R.SUCCESS and a._active
-assert a.trigger_deactivate() == R.SUCCESS and not a._active
-assert a.trigger_cleanup() == R.SUCCESS and a.gen is None  # model freed
-assert a.trigger_configure() == R.SUCCESS and a.trigger_activate() == R.SUCCESS
-b = agent(sys.argv[1] + "/missing", "bad")
-assert b.trigger_configure() == R.FAILURE and b.gen is None  # clear error, no crash
-from timar_ros.agent import inference_threads
-assert inference_threads(0, cores=2) == 1 and inference_threads(0, cores=16) == 8 and inference_threads(3) == 3
-c = TimarAgent(namespace="threads", parameter_overrides=[Parameter("agent.checkpoint", value=sys.argv[1]),
-                                                         Parameter("agent.autostart", value=False),
-                                                         Parameter("agent.threads", value=-1)])
-assert c.trigger_configure() == R.FAILURE and c.gen is None  # bad thread count: error, no crash
-a.on_deactivate(None)
-a.destroy_node(); b.destroy_node(); c.destroy_node(); rclpy.shutdown()
-print("lifecycle ok")
-"""
-
-
-@pytest.mark.ros
-@pytest.mark.skipif(not ENV_SH.is_file(), reason="env.sh (venv + ROS 2 + built workspace) not set up")
-def test_agent_lifecycle_loads_and_frees_model(tmp_path):
-    make_tiny_model(tmp_path / "model")
-    (tmp_path / "lc.py").write_text(LIFECYCLE)
-    r = subprocess.run(["bash", "-c", f"source {ENV_SH} && OMP_NUM_THREADS=1 exec python {tmp_path / 'lc.py'} "
-                                      f"{tmp_path / 'model'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "lifecycle ok" in r.stdout, r.stdout + r.stderr
-    assert "checkpoint not found" in r.stderr + r.stdout
-    assert "agent.threads must be >= 0" in r.stderr + r.stdout
-
-
 # ----------------------------------------------------------------------------- audio_capture, file mode
 LISTEN = """
 import sys, time
@@ -378,7 +353,7 @@ rclpy.shutdown()
 
 @pytest.mark.ros
 @pytest.mark.skipif(not ENV_SH.is_file(), reason="env.sh (venv + ROS 2 + built workspace) not set up")
-def test_audio_capture_plays_a_wav_like_a_microphone(tmp_path):
+def test_audio_capture_plays_a_wav_like_a_microphone(tmp_path, ros_domain_id):
     import soundfile as sf
 
     stereo = (0.1 * np.random.default_rng(0).standard_normal((22050 * 2, 2))).astype(np.float32)
@@ -388,8 +363,7 @@ def test_audio_capture_plays_a_wav_like_a_microphone(tmp_path):
     listener = subprocess.Popen(["bash", "-c", env + f"exec python {tmp_path / 'listen.py'} 7"], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cap = subprocess.Popen(["bash", "-c", env + "exec python -m timar_ros.audio_capture --ros-args "
-                            f"-p audio_capture.source:=file -p audio_capture.file:={tmp_path / 'in.wav'} "
-                            "-p audio_capture.block_size:=2205"], cwd=ROOT,
+                            f"-p source:=file -p file:={tmp_path / 'in.wav'} -p block_size:=2205"], cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = listener.communicate(timeout=60)
     cap.send_signal(2)
@@ -399,18 +373,94 @@ def test_audio_capture_plays_a_wav_like_a_microphone(tmp_path):
     assert "file finished" in cap_out
 
 
-# ----------------------------------------------------------------------------- runner: core isolation
+# ----------------------------------------------------------------------------- timar_run on its own nodes
+def run_graph(args: list[str], cwd: Path = ROOT, **kw) -> subprocess.Popen:
+    return subprocess.Popen(["bash", "-c", f"source {ENV_SH} && exec timar_run " + " ".join(args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def logs_of(folder: Path) -> str:
+    return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.log")))
+
+
 @pytest.mark.ros
 @pytest.mark.skipif(not ENV_SH.is_file(), reason="env.sh (venv + ROS 2 + built workspace) not set up")
-def test_runner_cpu_affinity_is_checked():
-    from timar_ros.runner import cpu_affinity
+def test_runner_replays_on_sim_time(tmp_path, ros_domain_id):
+    """The player at rate 2 alone with the recorder: the recorder runs on the player's /clock (the runner gives
+    it use_sim_time), so every message is logged at about its due time on the stream clock; both exit by
+    themselves and the run ends with 0."""
+    from timar_model.eval.bag_eval import read_bag
 
-    usable = sorted(os.sched_getaffinity(0))
-    nodes = ["agent", "bag_recorder"]
-    assert cpu_affinity(None, nodes) == {}
-    assert cpu_affinity({"bag_recorder": [usable[0]]}, nodes) == {"bag_recorder": {usable[0]}}
-    assert cpu_affinity({"agent": usable[-1]}, nodes) == {"agent": {usable[-1]}}
-    for bad in ({"head_bridge": [usable[0]]}, {"agent": []}, {"agent": [max(usable) + 64]}, {"agent": ["0"]},
-                [usable[0]]):
-        with pytest.raises(SystemExit, match="cpu_affinity"):
-            cpu_affinity(bad, nodes)
+    make_clip(tmp_path / "data" / "test", 3)
+    run = run_graph(["demo", "--nodes", "conversation_player,bag_recorder", f"bag_path:={tmp_path / 'bag'}",
+                     "-p", f"conversation_player.data_dir:={tmp_path / 'data' / 'test'}",
+                     "-p", "conversation_player.rate:=2", "-p", "conversation_player.max_turns:=0",
+                     "-p", "conversation_player.wait_for_subscribers:=1", "-p", "bag_recorder.done_grace:=1.0",
+                     "--log-dir", str(tmp_path / "logs"), "--timeout", "90"])
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, out + logs_of(tmp_path / "logs")
+    assert "not starting agent (not in timar_graph.nodes)" in out and "run on its /clock" in out
+    data = read_bag(tmp_path / "bag")
+    assert data.topics["/user/audio"] == 30 and data.topics["/user/head_motion"] == 75
+    assert data.topics["/agent/head_motion_gt"] == 75 and data.topics["/conversation/done"] == 1
+
+    from rosbags.highlevel import AnyReader
+
+    from timar_model.eval.bag_eval import timar_typestore
+
+    lags = []
+    with AnyReader([tmp_path / "bag"], default_typestore=timar_typestore()) as r:
+        for conn, t_ns, raw in r.messages():
+            if conn.topic == "/user/audio":
+                msg = r.deserialize(raw, conn.msgtype)
+                due = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 + len(msg.data) / 16000
+                lags.append(t_ns * 1e-9 - due)
+    # on wall time the log times would run behind the doubled stream clock by seconds
+    assert max(abs(x) for x in lags) < 0.75, lags
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not ENV_SH.is_file(), reason="env.sh (venv + ROS 2 + built workspace) not set up")
+def test_runner_pins_a_node_and_stops_it_cleanly(tmp_path, ros_domain_id):
+    cpu = min(os.sched_getaffinity(0))
+    machine = tmp_path / "machine.yaml"
+    machine.write_text(yaml.safe_dump({"timar_graph": {"ros__parameters": {"cpu_affinity": {"bag_recorder": [cpu]}}}}))
+    run = run_graph(["agent", "--config", str(machine), "--nodes", "bag_recorder", "record:=true",
+                     f"bag_path:={tmp_path / 'bag'}", "--log-dir", str(tmp_path / "logs")],
+                    start_new_session=True)
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = run.stdout.readline()
+        lines.append(line)
+        if "started bag_recorder" in line:
+            break
+    assert f"on CPUs {cpu}" in lines[-1], lines
+    pid = int(lines[-1].split("(pid ")[1].split(")")[0])
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert f"Cpus_allowed_list:\t{cpu}\n" in status, status
+    while not (tmp_path / "logs" / "bag_recorder.log").read_text().count("recording"):
+        assert time.monotonic() < deadline, logs_of(tmp_path / "logs")
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)  # Ctrl-C on the runner alone: it stops its nodes itself
+    out, _ = run.communicate(timeout=60)
+    assert run.returncode == 0, "".join(lines) + out + logs_of(tmp_path / "logs")
+    assert (tmp_path / "bag" / "metadata.yaml").is_file()  # the recorder closed its bag
+    assert "closed" in (tmp_path / "logs" / "bag_recorder.log").read_text()
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not ENV_SH.is_file(), reason="env.sh (venv + ROS 2 + built workspace) not set up")
+def test_runner_fails_with_a_failing_node_and_names_mistakes(tmp_path, ros_domain_id):
+    (tmp_path / "bag").mkdir()  # the recorder refuses to overwrite
+    run = run_graph(["agent", "--nodes", "bag_recorder", "record:=true", f"bag_path:={tmp_path / 'bag'}",
+                     "--log-dir", str(tmp_path / "logs"), "--timeout", "60"])
+    out, _ = run.communicate(timeout=90)
+    assert run.returncode == 1 and "bag_recorder exited with code" in out, out
+    assert "exists; choose a new folder" in logs_of(tmp_path / "logs")
+    for args, message in ((["agent", "-p", "bag_recorder.outptu:=x"], "bag_recorder has no parameter 'outptu'"),
+                          (["robot"], "unknown graph 'robot'"),
+                          (["demo", "bag_path"], "expected NAME:=VALUE")):
+        run = run_graph(args)
+        out, _ = run.communicate(timeout=60)
+        assert run.returncode != 0 and out.startswith("timar_run: ") and message in out, out

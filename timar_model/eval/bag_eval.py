@@ -8,7 +8,14 @@ reports, from agent/head_motion (stamp = display time, bag time = when the recor
   - frame-period regularity: median and p95 of |receive period - 40 ms|; stamp continuity;
   - dropped turns (missing turn indices, turns with fewer than 25 frames) and late frames;
   - with agent/head_motion_gt (and user/head_motion as the partner) in the bag: the DualTalk metrics of the
-    predicted motion aligned to the ground truth by stamp, and a plot of jaw opening / head rotation.
+    predicted motion aligned to the ground truth by stamp, and a plot of jaw opening / head rotation;
+  - with agent/joint_trajectory: whether its points arrive in time for a trajectory controller (point time =
+    header.stamp + time_from_start vs the bag time of the message): the share received before they were due,
+    and the lead time of each message's first point and of its first new point (the first one later than
+    the previous message's last: the turn's frames[0]);
+  - with agent/joint_trajectory and sim_head/joint_states: the simulated head's tracking error, its positions
+    against the commanded trajectory (the messages replayed through TrajectoryFollower as they arrived,
+    splice replacement) at each joint-state stamp, RMS and max per joint.
 """
 
 from __future__ import annotations
@@ -57,6 +64,23 @@ def timar_typestore():
 
 
 @dataclass
+class TrajectoryMessage:
+    """One recorded agent/joint_trajectory message."""
+
+    recv: float  # s, bag time
+    start: float  # s, header stamp
+    time_from_start: np.ndarray  # (N,) s
+    names: list[str]
+    positions: np.ndarray  # (N, J) rad
+    velocities: np.ndarray | None  # (N, J) rad/s, or None when the points have none
+
+    @property
+    def times(self) -> np.ndarray:
+        """(N,) s, when each point is due."""
+        return self.start + self.time_from_start
+
+
+@dataclass
 class BagData:
     # agent/head_motion, sorted by receive time
     turn: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
@@ -68,6 +92,10 @@ class BagData:
     gt_motion: np.ndarray = field(default_factory=lambda: np.zeros((0, MOTION_DIM), np.float32))
     user_stamp: np.ndarray = field(default_factory=lambda: np.zeros(0))
     user_motion: np.ndarray = field(default_factory=lambda: np.zeros((0, MOTION_DIM), np.float32))
+    trajectories: list[TrajectoryMessage] = field(default_factory=list)  # agent/joint_trajectory, by bag time
+    sim_names: list[str] = field(default_factory=list)  # sim_head/joint_states
+    sim_stamp: np.ndarray = field(default_factory=lambda: np.zeros(0))  # s
+    sim_position: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (M, J) rad
     diagnostics: dict[str, str] = field(default_factory=dict)  # last timar/agent status values
     topics: dict[str, int] = field(default_factory=dict)  # message counts
     malformed: int = 0  # HeadMotion messages without 50 expression values (skipped)
@@ -91,6 +119,7 @@ def read_bag(path: str | os.PathLike) -> BagData:
     if not (path / "metadata.yaml").is_file():
         raise FileNotFoundError(f"{path}: not a rosbag2 folder (no metadata.yaml)")
     rows: dict[str, list] = {"agent": [], "gt": [], "user": []}
+    sim_rows: list[tuple[float, np.ndarray]] = []
     out = BagData()
     with AnyReader([path], default_typestore=timar_typestore()) as reader:
         for c in reader.connections:
@@ -103,6 +132,26 @@ def read_bag(path: str | os.PathLike) -> BagData:
                 kind = "gt"
             elif name.endswith("user/head_motion"):
                 kind = "user"
+            elif name.endswith("agent/joint_trajectory"):
+                msg = reader.deserialize(raw, conn.msgtype)
+                if msg.points:
+                    n = len(msg.joint_names)
+                    vel = [np.asarray(p.velocities, np.float64) for p in msg.points]
+                    out.trajectories.append(TrajectoryMessage(
+                        recv=t_ns * 1e-9, start=_sec(msg.header.stamp),
+                        time_from_start=np.array([_sec(p.time_from_start) for p in msg.points]),
+                        names=list(msg.joint_names),
+                        positions=np.stack([np.asarray(p.positions, np.float64) for p in msg.points]),
+                        velocities=np.stack(vel) if all(v.size == n for v in vel) else None,
+                    ))
+                continue
+            elif name.endswith("sim_head/joint_states"):
+                msg = reader.deserialize(raw, conn.msgtype)
+                if not sim_rows:
+                    out.sim_names = list(msg.name)
+                if list(msg.name) == out.sim_names:
+                    sim_rows.append((_sec(msg.header.stamp), np.asarray(msg.position, np.float64)))
+                continue
             elif name.endswith("diagnostics"):
                 msg = reader.deserialize(raw, conn.msgtype)
                 for st in msg.status:
@@ -129,6 +178,11 @@ def read_bag(path: str | os.PathLike) -> BagData:
             rows[kind].sort(key=lambda r: r[2])
             setattr(out, st_attr, np.array([r[2] for r in rows[kind]]))
             setattr(out, m_attr, np.stack([r[4] for r in rows[kind]]))
+    out.trajectories.sort(key=lambda m: m.recv)
+    if sim_rows:
+        sim_rows.sort(key=lambda r: r[0])
+        out.sim_stamp = np.array([r[0] for r in sim_rows])
+        out.sim_position = np.stack([r[1] for r in sim_rows])
     return out
 
 
@@ -150,6 +204,69 @@ def _stats_ms(x: np.ndarray) -> dict[str, float]:
         return {"median_ms": float("nan"), "p95_ms": float("nan"), "max_ms": float("nan")}
     return {"median_ms": 1e3 * float(np.median(x)), "p95_ms": 1e3 * float(np.percentile(x, 95)),
             "max_ms": 1e3 * float(np.max(x))}
+
+
+def _lead_ms(x: np.ndarray) -> dict[str, float]:
+    if x.size == 0:
+        return {"median": float("nan"), "min": float("nan")}
+    return {"median": 1e3 * float(np.median(x)), "min": 1e3 * float(np.min(x))}
+
+
+def trajectory_timing(trajectories: list[TrajectoryMessage]) -> dict:
+    """Do agent/joint_trajectory points arrive before they are due? (lead times in ms; > 0 = in time)"""
+    due = [m.times for m in trajectories]
+    recv = np.array([m.recv for m in trajectories])
+    before = np.concatenate([t > r for t, r in zip(due, recv)])
+    first_lead = np.array([t[0] - r for t, r in zip(due, recv)])
+    new_lead, prev_end = [], -np.inf
+    for t, r in zip(due, recv):
+        new = t > prev_end + 1e-6
+        if new.any():
+            new_lead.append(t[new][0] - r)
+        prev_end = max(prev_end, float(t[-1]))
+    return {
+        "messages": len(trajectories),
+        "points": int(before.size),
+        "points_before_due_share": float(before.mean()),
+        "late_points": int((~before).sum()),
+        "first_point_lead_ms": _lead_ms(first_lead),
+        "new_point_lead_ms": _lead_ms(np.array(new_lead)),
+    }
+
+
+def tracking_error(data: BagData) -> dict:
+    """sim_head/joint_states against the commanded trajectory at each joint-state stamp (rad).
+
+    The trajectory messages are replayed through TrajectoryFollower at their bag times (splice replacement, as
+    sim_head by default); stamps before the first point of the first trajectory or after the last point of the
+    current one are not scored."""
+    from timar_model.runtime.trajectory import Trajectory, TrajectoryFollower
+
+    names = data.sim_names
+    follower = TrajectoryFollower(data.sim_position[0])
+    events = sorted([(m.recv, 0, i) for i, m in enumerate(data.trajectories)]
+                    + [(float(t), 1, i) for i, t in enumerate(data.sim_stamp)])
+    errors, skipped = [], 0
+    for t, kind, i in events:
+        if kind == 0:
+            m = data.trajectories[i]
+            if not set(names) <= set(m.names):
+                skipped += 1
+                continue
+            idx = [m.names.index(n) for n in names]
+            vel = m.velocities[:, idx] if m.velocities is not None else None
+            follower.set(Trajectory(m.start, m.time_from_start, m.positions[:, idx], vel), received_at=t)
+        elif follower.first_point_time is not None and follower.first_point_time <= t <= follower.end_time:
+            errors.append(follower.sample(t)[0] - data.sim_position[i])
+    err = np.array(errors).reshape(-1, len(names))
+    rms = np.sqrt((err ** 2).mean(axis=0)) if err.size else np.full(len(names), np.nan)
+    mx = np.abs(err).max(axis=0) if err.size else np.full(len(names), np.nan)
+    return {
+        "samples": int(err.shape[0]),
+        "rms_rad": {n: float(rms[j]) for j, n in enumerate(names)},
+        "max_rad": {n: float(mx[j]) for j, n in enumerate(names)},
+        "trajectories_without_these_joints": skipped,
+    }
 
 
 def evaluate(data: BagData, output_delay: float | None = None, late_tolerance: float = 0.005) -> dict:
@@ -204,6 +321,10 @@ def evaluate(data: BagData, output_delay: float | None = None, late_tolerance: f
             report["metrics"] = dualtalk_metrics(data.motion[idx], gt_exp, gt_pose, p_exp, p_pose)
         else:
             report["metrics_skipped"] = "too few frames aligned with the ground truth and user motion"
+    if data.trajectories:
+        report["joint_trajectory"] = trajectory_timing(data.trajectories)
+        if data.sim_stamp.size:
+            report["sim_head_tracking"] = tracking_error(data)
     return report
 
 
@@ -253,6 +374,19 @@ def format_report(r: dict) -> str:
         lines += [f"  {k:<20s} {v:.6g}" for k, v in m.items()]
     elif "metrics_skipped" in r:
         lines.append(f"metrics skipped: {r['metrics_skipped']}")
+    if "joint_trajectory" in r:
+        jt = r["joint_trajectory"]
+        lines.append(
+            f"joint trajectories: {jt['messages']} messages, {100 * jt['points_before_due_share']:.1f} % of "
+            f"{jt['points']} points received before due ({jt['late_points']} late); lead of the first point: "
+            f"median {jt['first_point_lead_ms']['median']:.1f} ms, min {jt['first_point_lead_ms']['min']:.1f} ms; "
+            f"of the first new point: median {jt['new_point_lead_ms']['median']:.1f} ms, "
+            f"min {jt['new_point_lead_ms']['min']:.1f} ms"
+        )
+    if "sim_head_tracking" in r:
+        tr = r["sim_head_tracking"]
+        lines.append(f"sim_head tracking error over {tr['samples']} joint states (rad, RMS / max):")
+        lines += [f"  {n:<20s} {tr['rms_rad'][n]:.4f} / {tr['max_rad'][n]:.4f}" for n in tr["rms_rad"]]
     return "\n".join(lines)
 
 

@@ -27,6 +27,11 @@ from scipy.signal import resample_poly
 
 from timar_model.motion import FPS, MOTION_DIM, SAMPLE_RATE
 
+# s from a turn's start to its first frame's display: the turn's 1 s, then the time to have its data and
+# generate it, and a margin so that a controller receives its trajectory before the first point is due
+# (README: Real-time behaviour).
+OUTPUT_DELAY = 1.25
+
 
 @dataclass
 class AssemblerConfig:
@@ -404,7 +409,7 @@ class MotionPlayer:
     """Display-time scheduling of generated turns (pure logic; the node calls `due(now)` from a timer)."""
 
     fps: int = FPS
-    output_delay: float = 1.12  # s; display stamp = turn start + i / fps + output_delay
+    output_delay: float = OUTPUT_DELAY  # s; display stamp = turn start + i / fps + output_delay
     publish_lead: float = 0.0  # s; a frame is released this long before its display stamp
     late_tolerance: float = 0.005  # s; later than this counts as a late frame
     max_lateness: float = 0.5  # s; frames later than this are dropped instead of released

@@ -34,6 +34,7 @@ setup(
             "head_bridge = timar_ros.head_bridge:main",
             "conversation_player = timar_ros.conversation_player:main",
             "bag_recorder = timar_ros.bag_recorder:main",
+            "sim_head = timar_ros.sim_head:main",
             "timar_run = timar_ros.runner:main",
         ],
     },

@@ -1,30 +1,71 @@
-"""The TIMAR agent: live topics in, 25 fps agent head motion out (a lifecycle node).
+"""The TIMAR agent: live topics in, the agent's head motion out. A lifecycle node, thin glue over
+timar_model.runtime.live.LiveAgent (turn assembly, generation, display timing).
 
-configure: load the model (StreamingGenerator.from_pretrained) and create topics; activate: start feeding the
-TurnAssembler; cleanup: free the model. Inference runs on a worker thread and a player thread publishes each
-frame at its display stamp, so subscription callbacks never block.
+configure   load the model, create the publishers and the diagnostics timer
+activate    start the live loop, subscribe to the inputs
+deactivate  unsubscribe, stop the live loop (a turn being generated is finished, not published)
+cleanup     free the model
+shutdown    from any state: release everything
+
+Outputs: agent/motion_turn (each turn as soon as it is generated, ahead of its display time),
+agent/head_motion + agent/head_pose (each frame at its display time), /diagnostics.
 """
 
 from __future__ import annotations
 
-import os
-import queue
 import sys
-import threading
-import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
-from timar_msgs.msg import AudioChunk, HeadMotion
+from timar_msgs.msg import AudioChunk, HeadMotion, HeadMotionTurn
 
-from timar_model.runtime.turns import AssemblerConfig, InputError, MotionPlayer, Turn, TurnAssembler
+from timar_model.runtime.live import GeneratedTurn, LiveAgent, LiveConfig, inference_threads
 
-from .convert import head_motion_msg, motion_from_msg, motion_from_pose, pose_msg, stamp_to_sec
-from .params import declare, resolve_path
-from .spin import run_node
+from . import qos
+from .convert import head_motion_msg, motion_from_msg, motion_from_pose, pose_msg, sec_to_stamp, stamp_to_sec
+from .params import Param, declare_params, resolve_path
+from .spin import run_lifecycle_node
+
+LIVE = LiveConfig()  # the live loop's defaults
+
+PARAMS = (
+    Param("autostart", True, "configure and activate at start (else a lifecycle manager does)", change="restart"),
+    Param("checkpoint", "models/timar-small-synth",
+          "model folder (config.json + model.safetensors); relative paths from TIMAR_ROOT"),
+    Param("device", "auto", "auto | cpu | cuda | cuda:N"),
+    Param("dtype", "bfloat16", "precision of the transformer blocks", choices=("float32", "bfloat16")),
+    Param("threads", 0, "torch CPU threads for inference; 0 = half the cores", range=(0, 1024)),
+    Param("inference_cpu", LIVE.inference_cpu, "pin the inference thread to this CPU; -1 = no pinning",
+          range=(-1, 1023)),
+    Param("history_turns", -1, "previous turns the model sees (the window is history + 1); -1 = the model's own",
+          range=(-1, 1024)),
+    Param("sampling_steps", 0, "diffusion sampling steps; 0 = the model's own", range=(0, 1000)),
+    Param("temperature", -1.0, "sampling temperature; < 0 = the model's own", range=(-1.0, 10.0), change="live"),
+    Param("noise_correlation", -1.0, "frame-to-frame correlation of the sampling noise; < 0 = the model's own",
+          range=(-1.0, 0.999), change="live"),
+    Param("seed", 0, "sampling seed; -1 = a random one", range=(-1, 2**31 - 1)),
+    Param("output_delay", LIVE.output_delay,
+          "s; frame i of the turn starting at t is shown at t + i / fps + output_delay", range=(0.0, 10.0)),
+    Param("publish_lead", LIVE.publish_lead, "s; frames are published this long before their display time",
+          range=(0.0, 1.0)),
+    Param("deadline", LIVE.deadline, "s after a turn's end when it is generated even if data is missing",
+          range=(0.0, 2.0)),
+    Param("expect_agent_audio", LIVE.expect_agent_audio,
+          "wait for agent/audio to cover each turn (else absent = silence)"),
+    Param("idle_timeout", LIVE.idle_timeout, "s; no more deadline turns once user input stopped this long ago",
+          range=(0.0, 3600.0)),
+    Param("user_motion_source", "head_motion", "the partner's motion input",
+          choices=("head_motion", "head_pose", "none")),
+    Param("audio_reliability", "reliable", "QoS reliability of the audio subscriptions",
+          choices=tuple(qos.RELIABILITY)),
+    Param("motion_reliability", "reliable", "QoS reliability of the user motion subscription",
+          choices=tuple(qos.RELIABILITY)),
+    Param("frame_id", "agent_head", "frame_id of the output headers"),
+    Param("diagnostics_period", 1.0, "s between /diagnostics messages", range=(0.05, 60.0)),
+)
 
 
 def pick_device(device: str) -> str:
@@ -33,46 +74,18 @@ def pick_device(device: str) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"agent.device must be auto, cpu or cuda[:N], got {device!r}")
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
     return device
-
-
-def inference_threads(requested: int, cores: int | None = None) -> int:
-    """torch CPU threads for the agent: `requested`, or for 0 half the cores (at least 1). On a 2-core machine
-    running the whole graph, 1 thread gave turn end -> first frame p95 130 ms vs 169 ms with 2 (60 s demo)."""
-    if requested < 0:
-        raise ValueError(f"agent.threads must be >= 0 (0 = half the cores), got {requested}")
-    if requested:
-        return requested
-    return max(1, (cores or os.cpu_count() or 1) // 2)
-
-
-def _percentile(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 class TimarAgent(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("agent", **kwargs)
-        self.p = declare(self, "agent")
-        self.gen = None
-        self.assembler: TurnAssembler | None = None
-        self.player: MotionPlayer | None = None
-        self._lock = threading.Lock()  # guards assembler + player
-        self._active = False
-        self._turns: queue.Queue[Turn | None] = queue.Queue()
-        self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
-        self._entities: list = []
-        self.stats = {"turns_generated": 0, "input_errors": 0, "inference_errors": 0, "turns_skipped": 0}
-        self._latency_first_frame: list[float] = []  # s, turn end -> first frame published
-        self._latency_ready: list[float] = []  # s, turn end -> motion generated
-        self._infer: list[float] = []
-        self._turn_end: dict[tuple[int, int], float] = {}
-        self._epoch = 0
-        if self.p["autostart"]:
-            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                self.trigger_activate()
+        self.p = declare_params(self, PARAMS, on_change=self._on_live_change, configured=lambda: self.live is not None)
+        self.live: LiveAgent | None = None
+        self._subs: list = []
+        self._pubs: list = []
+        self._timer = None
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -88,272 +101,197 @@ class TimarAgent(LifecycleNode):
             )
             return TransitionCallbackReturn.FAILURE
         try:
-            device = pick_device(p["device"])
             import torch
 
+            device = pick_device(p["device"])
             torch.set_num_threads(inference_threads(p["threads"]))
-            self.gen = StreamingGenerator.from_pretrained(
+            gen = StreamingGenerator.from_pretrained(
                 path,
                 device=device,
                 dtype=p["dtype"],
-                context_turns=p["context_turns"] or None,
+                context_turns=None if p["history_turns"] < 0 else p["history_turns"] + 1,
                 num_sampling_steps=p["sampling_steps"] or None,
                 temperature=None if p["temperature"] < 0 else p["temperature"],
                 noise_correlation=None if p["noise_correlation"] < 0 else p["noise_correlation"],
-                seed=p["seed"],
+                seed=None if p["seed"] < 0 else p["seed"],
             )
-        except Exception as e:  # bad checkpoint / device / dtype: stay unconfigured with a clear message
-            self.get_logger().error(f"could not load the model from {path}: {e}")
+        except Exception as e:  # bad checkpoint / device / dtype / window: stay unconfigured with the reason
+            self.get_logger().error(f"could not load the model from {path}: {type(e).__name__}: {e}")
             return TransitionCallbackReturn.FAILURE
-        src = p["user_motion_source"]
-        if src not in ("head_motion", "head_pose", "none"):
-            self.get_logger().error(f"agent.user_motion_source: head_motion|head_pose|none, not {src!r}")
-            return TransitionCallbackReturn.FAILURE
-        self.assembler = TurnAssembler(
-            AssemblerConfig(
-                sample_rate=self.gen.sample_rate,
-                fps=self.gen.frames_per_turn,
+        self.live = LiveAgent(
+            gen,
+            LiveConfig(
+                output_delay=p["output_delay"],
+                publish_lead=p["publish_lead"],
                 deadline=p["deadline"],
                 expect_agent_audio=p["expect_agent_audio"],
-                expect_user_motion=src != "none",
+                expect_user_motion=p["user_motion_source"] != "none",
                 idle_timeout=p["idle_timeout"],
-            )
+                inference_cpu=p["inference_cpu"],
+            ),
+            clock=self._now,
+            on_turn=self._publish_turn,
+            on_frames=self._publish_frames,
+            on_error=lambda text: self.get_logger().error(text),
         )
-        self.player = MotionPlayer(
-            fps=self.gen.frames_per_turn, output_delay=p["output_delay"], publish_lead=p["publish_lead"]
-        )
-        self.pub_motion = self.create_publisher(HeadMotion, "agent/head_motion", 50)
-        self.pub_pose = self.create_publisher(PoseStamped, "agent/head_pose", 50)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        subs = [
-            self.create_subscription(AudioChunk, "user/audio", self._on_user_audio, 100),
-            self.create_subscription(AudioChunk, "agent/audio", self._on_agent_audio, 100),
-        ]
-        if src == "head_motion":
-            subs.append(self.create_subscription(HeadMotion, "user/head_motion", self._on_motion, 200))
-        elif src == "head_pose":
-            subs.append(self.create_subscription(PoseStamped, "user/head_pose", self._on_pose, 200))
-        timers = [
-            self.create_timer(0.01, self._on_poll),
-            self.create_timer(p["diagnostics_period"], self._publish_diagnostics),
-        ]
-        self._entities = subs + timers + [self.pub_motion, self.pub_pose, self.pub_diag]
+        self.pub_turn = self.create_lifecycle_publisher(HeadMotionTurn, "agent/motion_turn", qos.per_turn())
+        self.pub_motion = self.create_lifecycle_publisher(HeadMotion, "agent/head_motion", qos.frames())
+        self.pub_pose = self.create_lifecycle_publisher(PoseStamped, "agent/head_pose", qos.frames())
+        self._pubs = [self.pub_turn, self.pub_motion, self.pub_pose]
+        # diagnostics report every state, inactive too: a plain publisher
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", qos.diagnostics())
+        self._timer = self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.get_logger().info(
-            f"model {path} on {device} ({p['dtype']}), window {self.gen.context_turns} turns, "
+            f"model {path} on {device} ({p['dtype']}), window {gen.context_turns} turns, "
             f"output delay {p['output_delay']} s"
         )
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_configure(state)
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        self._stop.clear()
-        self._threads = [
-            threading.Thread(target=self._inference_loop, name="timar-inference", daemon=True),
-            threading.Thread(target=self._player_loop, name="timar-player", daemon=True),
+        p = self.p
+        audio_qos = qos.audio(p["audio_reliability"])
+        self._subs = [
+            self.create_subscription(AudioChunk, "user/audio", self._on_user_audio, audio_qos),
+            self.create_subscription(AudioChunk, "agent/audio", self._on_agent_audio, audio_qos),
         ]
-        for t in self._threads:
-            t.start()
-        self._active = True
+        motion_qos = qos.frames(p["motion_reliability"])
+        if p["user_motion_source"] == "head_motion":
+            self._subs.append(self.create_subscription(HeadMotion, "user/head_motion", self._on_motion, motion_qos))
+        elif p["user_motion_source"] == "head_pose":
+            self._subs.append(self.create_subscription(PoseStamped, "user/head_pose", self._on_pose, motion_qos))
+        self.live.start()
         self.get_logger().info("active")
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self._active = False
-        self._stop.set()
-        self._turns.put(None)
-        for t in self._threads:
-            t.join(timeout=5.0)
-        self._threads = []
-        with self._lock:
-            self.assembler.reset()
-            self.player.reset()
-        self.gen.reset()
-        return TransitionCallbackReturn.SUCCESS
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        if not self.live.stop():
+            self.get_logger().warn("a generation step outlived the stop timeout; it will not be published")
+        return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        for e in self._entities:
-            self._destroy(e)
-        self._entities = []
-        self.gen = None  # frees the model
-        self.assembler = self.player = None
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
-        return TransitionCallbackReturn.SUCCESS
+        self._release()
+        return super().on_cleanup(state)
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        if self._active:
-            self.on_deactivate(state)
-        return TransitionCallbackReturn.SUCCESS
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        if self.live is not None:
+            self.live.stop()
+        self._release()
+        return super().on_shutdown(state)
 
-    def _destroy(self, e) -> None:
-        for fn in (self.destroy_subscription, self.destroy_timer, self.destroy_publisher):
-            try:
-                if fn(e):
-                    return
-            except Exception:  # wrong kind of entity for this destroy_* function
-                continue
+    def _release(self) -> None:
+        for pub in self._pubs:
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = []
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self.destroy_publisher(self.pub_diag)
+            self._timer = None
+        self.live = None  # frees the model
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _on_live_change(self, changes: dict) -> str | None:
+        """temperature / noise_correlation: < 0 means the model's own value."""
+        if self.live is None:
+            return None  # used at the next configure
+        cfg = self.live.gen.config
+        try:
+            self.live.set_sampling(
+                temperature=(cfg.temperature if changes["temperature"] < 0 else changes["temperature"])
+                if "temperature" in changes else None,
+                noise_correlation=(
+                    cfg.noise_correlation if changes["noise_correlation"] < 0 else changes["noise_correlation"]
+                ) if "noise_correlation" in changes else None,
+            )
+        except ValueError as e:
+            return str(e)
+        return None
 
     # ------------------------------------------------------------------ inputs
-    def _feed(self, fn, *args) -> None:
-        if not self._active:
-            return
-        with self._lock:
-            try:
-                fn(*args)
-            except InputError as e:
-                self.stats["input_errors"] += 1
-                self.get_logger().warn(f"dropped input: {e}", throttle_duration_sec=2.0)
-            self._emit_ready(None)
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _dropped(self, topic: str, reason: str | None) -> None:
+        if reason is not None:
+            self.get_logger().warn(f"dropped {topic}: {reason}", throttle_duration_sec=2.0)
 
     def _on_user_audio(self, msg: AudioChunk) -> None:
-        self._feed(
-            self.assembler.add_user_audio, stamp_to_sec(msg.header.stamp), np.asarray(msg.data, np.float32),
-            msg.sample_rate, msg.channels,
-        )
+        data = np.asarray(msg.data, np.float32)
+        self._dropped("user/audio", self.live.add_user_audio(
+            stamp_to_sec(msg.header.stamp), data, msg.sample_rate, msg.channels))
 
     def _on_agent_audio(self, msg: AudioChunk) -> None:
-        self._feed(
-            self.assembler.add_agent_audio, stamp_to_sec(msg.header.stamp), np.asarray(msg.data, np.float32),
-            msg.sample_rate, msg.channels,
-        )
+        data = np.asarray(msg.data, np.float32)
+        self._dropped("agent/audio", self.live.add_agent_audio(
+            stamp_to_sec(msg.header.stamp), data, msg.sample_rate, msg.channels))
 
     def _on_motion(self, msg: HeadMotion) -> None:
         try:
             m = motion_from_msg(msg)
         except ValueError as e:
-            self.stats["input_errors"] += 1
-            self.get_logger().warn(f"dropped user/head_motion: {e}", throttle_duration_sec=2.0)
+            self.live.count_input_error()
+            self._dropped("user/head_motion", str(e))
             return
-        self._feed(self.assembler.add_user_motion, stamp_to_sec(msg.header.stamp), m)
+        self._dropped("user/head_motion", self.live.add_user_motion(stamp_to_sec(msg.header.stamp), m))
 
     def _on_pose(self, msg: PoseStamped) -> None:
         try:
             m = motion_from_pose(msg)
         except ValueError as e:
-            self.stats["input_errors"] += 1
-            self.get_logger().warn(f"dropped user/head_pose: {e}", throttle_duration_sec=2.0)
+            self.live.count_input_error()
+            self._dropped("user/head_pose", str(e))
             return
-        self._feed(self.assembler.add_user_motion, stamp_to_sec(msg.header.stamp), m)
+        self._dropped("user/head_pose", self.live.add_user_motion(stamp_to_sec(msg.header.stamp), m))
 
-    def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
-    def _on_poll(self) -> None:
-        if self._active:
-            with self._lock:
-                self._emit_ready(self._now())
-
-    def _emit_ready(self, now: float | None) -> None:  # caller holds the lock
-        for turn in self.assembler.poll(now):
-            self._turn_end[(turn.epoch, turn.index)] = turn.start_time + 1.0
-            while len(self._turn_end) > 64:  # bounded even if frames of some turns never go out
-                self._turn_end.pop(next(iter(self._turn_end)))
-            self._turns.put(turn)
-
-    # ------------------------------------------------------------------ inference + playback
-    def _inference_loop(self) -> None:
-        cpu = self.p["inference_cpu"]
-        if cpu >= 0:  # keep generation on one core (put the other nodes elsewhere: runner.cpu_affinity)
-            try:
-                os.sched_setaffinity(threading.get_native_id(), {cpu})
-            except (OSError, ValueError, AttributeError) as e:
-                self.get_logger().warn(f"agent.inference_cpu {cpu}: could not pin the inference thread: {e}")
-        while not self._stop.is_set():
-            turn = self._turns.get()
-            if turn is None:
-                return
-            if self._turns.qsize() > 2:  # fell behind: skip to stay real time (counted)
-                self.stats["turns_skipped"] += 1
-                continue
-            if turn.epoch != self._epoch:  # the timeline was reset: new conversation context
-                self._epoch = turn.epoch
-                self.gen.reset()
-                with self._lock:
-                    self.player.reset()
-            try:
-                motion = self.gen.step(turn.user_speech, turn.user_motion, turn.agent_speech)
-            except Exception as e:
-                self.stats["inference_errors"] += 1
-                self.get_logger().error(f"inference failed for turn {turn.index}: {e}")
-                continue
-            self._infer.append(self.gen.last_timings.get("total", float("nan")))
-            self._latency_ready.append(self._now() - (turn.start_time + 1.0))
-            self.stats["turns_generated"] += 1
-            with self._lock:
-                self.player.push(turn.index, turn.start_time, motion)
-
-    def _player_loop(self) -> None:
+    # ------------------------------------------------------------------ outputs (the live loop's threads)
+    def _publish_turn(self, turn: GeneratedTurn) -> None:
         frame_id = self.p["frame_id"]
-        while not self._stop.is_set():
-            with self._lock:
-                nxt = self.player.next_release_time() if self.player else None
-            now = self._now()
-            if nxt is None or nxt > now:
-                time.sleep(0.005 if nxt is None else min(0.005, max(nxt - now, 0.0)))
-                continue
-            with self._lock:
-                frames = self.player.due(self._now())
-            for f in frames:
-                msg = head_motion_msg(f.motion, f.stamp, frame_id, f.turn_index, f.frame_index)
-                self.pub_motion.publish(msg)
-                self.pub_pose.publish(pose_msg(f.motion, f.stamp, frame_id))
-                if f.frame_index == 0:
-                    end = self._turn_end.pop((self._epoch, f.turn_index), None)
-                    if end is not None:
-                        self._latency_first_frame.append(self._now() - end)
+        msg = HeadMotionTurn(turn_index=turn.index, epoch=turn.epoch, fps=float(turn.fps))
+        msg.header.stamp = sec_to_stamp(turn.frames[0].stamp)
+        msg.header.frame_id = frame_id
+        msg.frames = [head_motion_msg(f.motion, f.stamp, frame_id, f.turn_index, f.frame_index) for f in turn.frames]
+        self.pub_turn.publish(msg)
 
-    # ------------------------------------------------------------------ diagnostics
+    def _publish_frames(self, frames) -> None:
+        frame_id = self.p["frame_id"]
+        for f in frames:
+            self.pub_motion.publish(head_motion_msg(f.motion, f.stamp, frame_id, f.turn_index, f.frame_index))
+            self.pub_pose.publish(pose_msg(f.motion, f.stamp, frame_id))
+
     def _publish_diagnostics(self) -> None:
-        if self.assembler is None:
+        live = self.live
+        if live is None:
             return
-        with self._lock:
-            counters = self.assembler.counters_dict()
-            player = dict(vars(self.player.counters))
-        lat, ready, inf = self._latency_first_frame[-200:], self._latency_ready[-200:], self._infer[-200:]
-        values = {
-            **{f"assembler.{k}": v for k, v in counters.items()},
-            **{f"player.{k}": v for k, v in player.items()},
-            **self.stats,
-            "output_delay": self.p["output_delay"],
-            "latency_first_frame_ms_median": 1e3 * _percentile(lat, 50),
-            "latency_first_frame_ms_p95": 1e3 * _percentile(lat, 95),
-            "latency_ready_ms_p95": 1e3 * _percentile(ready, 95),
-            "inference_ms_median": 1e3 * _percentile(inf, 50),
-            "inference_ms_p95": 1e3 * _percentile(inf, 95),
-            "queued_turns": self._turns.qsize(),
-        }
+        active = live.running
         st = DiagnosticStatus(name="timar/agent", hardware_id="timar")
-        late = counters["late_drops"] + player["dropped_frames"] + self.stats["turns_skipped"]
-        st.level = DiagnosticStatus.OK if late == 0 and self._active else DiagnosticStatus.WARN
-        st.message = "active" if self._active else "inactive"
+        st.level = DiagnosticStatus.OK if active and not live.degraded() else DiagnosticStatus.WARN
+        st.message = "active" if active else "inactive"
         st.values = [
-            KeyValue(key=k, value=f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in values.items()
+            KeyValue(key=k, value=f"{v:.6g}" if isinstance(v, float) else str(v))
+            for k, v in live.diagnostics().items()
         ]
         msg = DiagnosticArray(status=[st])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
 
 
-def _deactivate(node: TimarAgent) -> None:
-    if node._active:
-        node.on_deactivate(None)
-
-
-# Python hands the GIL to a waiting thread only every `switch interval` (5 ms by default). The inference thread
-# needs it between torch ops (a few hundred per turn) while the executor and player threads take it for every
-# message and timer. In 60 s demo sessions (1 inference thread) 0.5 ms gave turn end -> first frame p95
-# 130/134 ms vs 154 ms at the default (scripts/demo.py --seconds 60 --param agent.threads=1), one run each,
-# which is within this machine's run-to-run noise.
+# Python hands the GIL to a waiting thread only every `switch interval` (5 ms by default); the inference
+# thread needs it between torch ops while the executor and clock threads take it for every message.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def main(args: list[str] | None = None) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    run_node(TimarAgent, args, on_exit=_deactivate)
+    run_lifecycle_node(TimarAgent, args)
+
 
 if __name__ == "__main__":
     main()

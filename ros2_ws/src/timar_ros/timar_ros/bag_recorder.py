@@ -2,9 +2,9 @@
 
 Messages are stored as received (CDR bytes from rclpy, timestamp = receive time on the node's clock) under a
 rosbag2 version-9 MCAP bag whose schemas come from a typestore with the timar_msgs .msg definitions added,
-so `ros2 bag play`, rosbags and mcap_ros2 all read it. Topic types come from a table of the timar topics or,
-for any other topic, from the ROS graph once a publisher appears. Closes the bag on shutdown, or
-`done_grace` s after conversation/done when `stop_on_done` is set.
+so `ros2 bag play`, rosbags and mcap_ros2 all read it. Topic types and QoS come from the table of the timar
+topics (timar_ros/qos.py) or, for any other topic, from the ROS graph once a publisher appears. Closes the bag
+on shutdown, or `done_grace` s after conversation/done when `stop_on_done` is set (the demo sets it).
 """
 
 from __future__ import annotations
@@ -13,27 +13,29 @@ import importlib
 import time
 
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from timar_model.eval.bag_eval import timar_typestore
 
-from .params import declare, resolve_path
+from . import qos
+from .params import Param, declare_params, resolve_path
 from .spin import run_node
 
-KNOWN_TYPES = {
-    "user/audio": "timar_msgs/msg/AudioChunk",
-    "agent/audio": "timar_msgs/msg/AudioChunk",
-    "user/head_motion": "timar_msgs/msg/HeadMotion",
-    "agent/head_motion": "timar_msgs/msg/HeadMotion",
-    "agent/head_motion_gt": "timar_msgs/msg/HeadMotion",
-    "user/head_pose": "geometry_msgs/msg/PoseStamped",
-    "agent/head_pose": "geometry_msgs/msg/PoseStamped",
-    "agent/joint_states": "sensor_msgs/msg/JointState",
-    "agent/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
-    "diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
-    "conversation/done": "std_msgs/msg/String",
-}
+TOPICS = [
+    "user/audio", "agent/audio", "user/head_motion", "agent/head_motion", "agent/head_motion_gt", "agent/head_pose",
+    "agent/motion_turn", "agent/joint_states", "agent/joint_trajectory", "sim_head/joint_states",
+    "sim_head/reference", "/diagnostics", "conversation/done",
+]
+
+PARAMS = (
+    Param("output", "outputs/bags/timar", "rosbag2 folder to create (must not exist; relative: to the checkout)",
+          change="restart"),
+    Param("topics", TOPICS, "topics to record (relative names follow the node's namespace)", change="restart"),
+    Param("stop_on_done", False, "close the bag and exit done_grace s after conversation/done (a replay's end)",
+          change="live"),
+    Param("done_grace", 3.0, "s after conversation/done before closing (the last turn's frames)",
+          range=(0.0, 600.0), change="live"),
+)
 
 
 def message_class(type_name: str):
@@ -45,10 +47,10 @@ def message_class(type_name: str):
 class BagRecorder(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("bag_recorder", **kwargs)
-        self.p = declare(self, "bag_recorder")
+        self.p = declare_params(self, PARAMS)
         self.path = resolve_path(self.p["output"])
         if self.path.exists():
-            raise FileExistsError(f"bag_recorder.output {self.path} exists; choose a new folder")
+            raise FileExistsError(f"{self.get_name()}: output {self.path} exists; choose a new folder")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.typestore = timar_typestore()
         self.writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
@@ -65,20 +67,19 @@ class BagRecorder(Node):
 
     def _subscribe(self, topic: str, type_name: str) -> None:
         cls = message_class(type_name)
-        qos = QoSProfile(depth=500)
-        if topic.endswith("conversation/done"):
-            qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.connections[topic] = self.writer.add_connection(topic, type_name, typestore=self.typestore)
         self.counts[topic] = 0
-        self.create_subscription(cls, topic, lambda data, t=topic: self._on_message(t, data), qos, raw=True)
+        self.create_subscription(cls, topic, lambda data, t=topic: self._on_message(t, data), qos.recording(topic),
+                                 raw=True)
         self.pending.pop(topic, None)
 
     def _subscribe_known(self) -> None:
         for topic, short in list(self.pending.items()):
-            for suffix, type_name in KNOWN_TYPES.items():
-                if short == suffix or short.endswith("/" + suffix):
-                    self._subscribe(topic, type_name)
-                    break
+            try:
+                type_name = qos.topic(short).type
+            except KeyError:  # not a timar topic: its type comes from the graph (_discover)
+                continue
+            self._subscribe(topic, type_name)
 
     def _discover(self) -> None:
         if self.pending:
@@ -106,6 +107,7 @@ class BagRecorder(Node):
 
 def main(args: list[str] | None = None) -> None:
     run_node(BagRecorder, args, until=lambda node: node.finished(), on_exit=lambda node: node.close())
+
 
 if __name__ == "__main__":
     main()

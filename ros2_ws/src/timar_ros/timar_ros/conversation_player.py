@@ -4,8 +4,9 @@ One speaker is the user (user/audio + user/head_motion), the other speaker's aud
 own speech) and its motion the ground truth on agent/head_motion_gt. Every message goes out once its time has
 passed: an audio chunk when its last sample is due, a frame at its capture time; stamps are
 t0 + sample / 16000 and t0 + frame / 25 with t0 = start time (+ start_delay). With rate != 1 the player also
-publishes /clock (the other nodes then need use_sim_time: true). When everything is out it publishes
-conversation/done (std_msgs/String, the clip name) and exits (exit_when_done).
+publishes /clock (the other nodes then need use_sim_time: true; `timar_run` and the launch files set it). When
+everything is out it publishes conversation/done (std_msgs/String, the clip name; latched) and exits
+(exit_when_done). QoS of every topic: timar_ros/qos.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 import numpy as np
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
 from timar_msgs.msg import AudioChunk, HeadMotion
@@ -24,9 +24,31 @@ from timar_msgs.msg import AudioChunk, HeadMotion
 from timar_model.data.dualtalk import list_samples
 from timar_model.motion import FPS, SAMPLE_RATE
 
+from . import qos
 from .convert import head_motion_msg, sec_to_stamp
-from .params import declare, resolve_path
+from .params import Param, declare_params, resolve_path
 from .spin import run_node
+
+PARAMS = (
+    Param("data_dir", "data/synth/test", "DualTalk-layout folder of <clip>_speaker{1,2}.{wav,npz} (relative: to "
+          "the checkout)", change="restart"),
+    Param("clip", "", "clip to play; empty = the first", change="restart"),
+    Param("user_speaker", 2, "this speaker is the user; the other one's audio is agent/audio and its motion "
+          "agent/head_motion_gt", range=(1, 2), change="restart"),
+    Param("rate", 1.0, "playback speed (1 = real time; otherwise it publishes /clock)", range=(0.01, 100.0),
+          change="restart"),
+    Param("chunk_samples", 1600, "samples per audio chunk (1600 = 0.1 s)", range=(1, 160000), change="restart"),
+    Param("start_delay", 1.0, "s between the subscribers being there and the first sample", range=(0.0, 600.0),
+          change="restart"),
+    Param("wait_for_subscribers", 1, "start once this many nodes subscribe to user/audio", range=(0, 100),
+          change="live"),
+    Param("wait_timeout", 60.0, "s; start anyway after this long", range=(0.0, 3600.0), change="live"),
+    Param("max_turns", 0, "play at most this many 1 s turns; 0 = the whole clip", range=(0, 1_000_000),
+          change="restart"),
+    Param("publish_agent_audio", True, "publish the other speaker's audio as agent/audio", change="live"),
+    Param("exit_when_done", True, "exit once everything is published (and the last turn had time to finish)",
+          change="live"),
+)
 
 
 class ConversationPlayer(Node):
@@ -34,11 +56,7 @@ class ConversationPlayer(Node):
         super().__init__("conversation_player", **kwargs)
         if self.get_parameter("use_sim_time").value:  # it publishes /clock itself from wall-clock timers
             self.set_parameters([Parameter("use_sim_time", Parameter.Type.BOOL, False)])
-        p = self.p = declare(self, "conversation_player")
-        if p["rate"] <= 0:
-            raise ValueError(f"conversation_player.rate must be > 0, got {p['rate']}")
-        if p["user_speaker"] not in (1, 2):
-            raise ValueError(f"conversation_player.user_speaker must be 1 or 2, got {p['user_speaker']}")
+        p = self.p = declare_params(self, PARAMS)
         data_dir = resolve_path(p["data_dir"])
         samples = [s for s in list_samples(data_dir) if s.agent_speaker == 3 - p["user_speaker"]]
         if p["clip"]:
@@ -54,16 +72,13 @@ class ConversationPlayer(Node):
         self.user_audio, self.agent_audio = s.user_audio[:n], s.agent_audio[:n]
         self.user_motion, self.agent_motion = s.user_motion[:f], s.agent_motion[:f]
         self.chunk = int(p["chunk_samples"])
-        if self.chunk <= 0:
-            raise ValueError(f"conversation_player.chunk_samples must be > 0, got {self.chunk}")
 
-        self.pub_user_audio = self.create_publisher(AudioChunk, "user/audio", 100)
-        self.pub_agent_audio = self.create_publisher(AudioChunk, "agent/audio", 100)
-        self.pub_user_motion = self.create_publisher(HeadMotion, "user/head_motion", 200)
-        self.pub_gt = self.create_publisher(HeadMotion, "agent/head_motion_gt", 200)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.pub_done = self.create_publisher(String, "conversation/done", latched)
-        self.pub_clock = self.create_publisher(Clock, "/clock", 10) if p["rate"] != 1.0 else None
+        self.pub_user_audio = self.create_publisher(AudioChunk, "user/audio", qos.profile("user/audio"))
+        self.pub_agent_audio = self.create_publisher(AudioChunk, "agent/audio", qos.profile("agent/audio"))
+        self.pub_user_motion = self.create_publisher(HeadMotion, "user/head_motion", qos.profile("user/head_motion"))
+        self.pub_gt = self.create_publisher(HeadMotion, "agent/head_motion_gt", qos.profile("agent/head_motion_gt"))
+        self.pub_done = self.create_publisher(String, "conversation/done", qos.profile("conversation/done"))
+        self.pub_clock = self.create_publisher(Clock, "/clock", qos.profile("/clock")) if p["rate"] != 1.0 else None
 
         self.wall0 = time.monotonic()
         self.v0 = time.time()  # virtual time at wall0 (only differs from wall time when rate != 1)
@@ -135,6 +150,7 @@ class ConversationPlayer(Node):
 
 def main(args: list[str] | None = None) -> None:
     run_node(ConversationPlayer, args, until=lambda node: node.finished())
+
 
 if __name__ == "__main__":
     main()
