@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 
@@ -49,8 +48,6 @@ def run_node(
         if rclpy.ok():
             rclpy.shutdown()
 
-RCLError = _rclpy.RCLError
-
 
 def run_lifecycle_node(make_node: Callable[[], Node], args: list[str] | None = None, **kwargs) -> None:
     """run_node for a lifecycle node with an `autostart` parameter: when true, configure and activate through
@@ -62,9 +59,8 @@ def run_lifecycle_node(make_node: Callable[[], Node], args: list[str] | None = N
             node.trigger_activate()
 
     def shutdown(node) -> None:
-        try:
+        # rclpy has no public getter of the current state; the state machine's (id, label) is what its services use
+        if node._state_machine.current_state[1] in ("unconfigured", "inactive", "active"):
             node.trigger_shutdown()
-        except RCLError:  # already finalized (a lifecycle manager shut it down)
-            pass
 
     run_node(make_node, args, on_start=autostart, on_exit=shutdown, **kwargs)
