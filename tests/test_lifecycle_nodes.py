@@ -38,7 +38,9 @@ def _stop(proc: subprocess.Popen) -> str:
         return proc.communicate(timeout=30)[0]
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
-        return "(did not stop on SIGTERM)\n" + proc.communicate(timeout=30)[0]
+        out = "(did not stop on SIGTERM)\n" + proc.communicate(timeout=30)[0]
+        print(out)  # shown in full under "Captured stdout" of the failure
+        return out
 
 
 def _env() -> dict[str, str]:

@@ -1,13 +1,37 @@
-"""One `main()` for every timar node: init, build, spin until done or Ctrl-C, clean up, shut down."""
+"""One `main()` for every timar node: init, build, spin until done, SIGINT or SIGTERM, clean up, shut down.
+
+SIGINT (Ctrl-C) and SIGTERM (systemd, `docker stop`, a process manager) are handled here, in Python, the
+same way: the executor spins in short slices, so the handler runs within one slice and the node is cleaned up
+(its `on_exit`: devices closed, bags finished) before rclpy shuts down. rclpy's own handlers are not
+installed: with them, a SIGTERM to a node waiting in the executor was occasionally not acted on at all.
+"""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+SPIN_SLICE = 0.1  # s; the longest a stop signal waits to be acted on
+
+
+class StopRequested(Exception):
+    """Raised in the main thread by the SIGINT / SIGTERM handler."""
+
+
+def _install_stop_handlers() -> None:
+    def handler(signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise StopRequested(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_node(
@@ -19,10 +43,12 @@ def run_node(
     on_start: Callable[[Node], None] | None = None,
 ) -> None:
     """Spin `make_node()` on a single-threaded executor (callbacks stay in arrival order) until rclpy shuts
-    down, Ctrl-C, or `until(node)` is true; then `on_exit(node)`, destroy the node and shut rclpy down.
+    down, SIGINT / SIGTERM, or `until(node)` is true; then `on_exit(node)`, destroy the node and shut rclpy
+    down.
     An exception of a `fatal` type (e.g. no input device) is printed and exits with status 1.
     `on_start(node)` runs once the node exists, before spinning (e.g. a lifecycle node's autostart)."""
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    _install_stop_handlers()
     node = None
     try:
         node = make_node()
@@ -30,12 +56,9 @@ def run_node(
             on_start(node)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        if until is None:
-            executor.spin()
-        else:
-            while rclpy.ok() and not until(node):
-                executor.spin_once(timeout_sec=0.05)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while rclpy.ok() and (until is None or not until(node)):
+            executor.spin_once(timeout_sec=SPIN_SLICE)
+    except (StopRequested, KeyboardInterrupt, ExternalShutdownException):
         pass
     except fatal as e:
         print(f"{getattr(node, 'get_name', lambda: 'timar node')()}: {e}")
