@@ -22,7 +22,6 @@ Everything is a pure function of (seed, split, clip index): same seed -> byte-id
 from __future__ import annotations
 
 import argparse
-import ctypes
 import io
 import json
 import math
@@ -32,11 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import butter, find_peaks, resample_poly, sosfiltfilt
+from scipy.signal import butter, find_peaks, sosfiltfilt
 
 from timar_model.motion import FPS
 from timar_model.motion import SAMPLE_RATE as SR
 from timar_model.motion import SAMPLES_PER_FRAME as HOP
+from timar_model.tts import Espeak
 
 SYNTH_VERSION = "1.0"
 
@@ -111,77 +111,6 @@ MOUTH_VEL_DIR = _BASIS_RNG.standard_normal(50) * (np.arange(50) < 30)  # opening
 MOUTH_VEL_DIR /= np.linalg.norm(MOUTH_VEL_DIR) / math.sqrt(30)
 SMILE_DIR = _BASIS_RNG.standard_normal(50) * (np.arange(50) < 25)
 SMILE_DIR /= np.linalg.norm(SMILE_DIR) / math.sqrt(25)
-
-
-# ----------------------------------------------------------------------------- espeak-ng
-
-
-class Espeak:
-    """libespeak-ng from the `espeakng-loader` wheel through ctypes; synthesis to memory."""
-
-    _instance: Espeak | None = None
-
-    def __init__(self):
-        try:
-            import espeakng_loader
-        except ImportError as e:
-            raise RuntimeError("timar synth needs the espeakng-loader wheel: "
-                               "pip install espeakng-loader") from e
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                          ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        data = espeakng_loader.get_data_path().encode()
-        self.rate = self.lib.espeak_Initialize(2, 0, data, 0)  # AUDIO_OUTPUT_SYNCHRONOUS
-        if self.rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed ({self.rate}) with data path {data.decode()}")
-        self._chunks: list[np.ndarray] = []
-        proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-        self._callback = proto(self._on_audio)  # keep a reference: the library holds the pointer
-        self.lib.espeak_SetSynthCallback(self._callback)
-
-    @classmethod
-    def fresh(cls) -> Espeak:
-        """A newly loaded library. libespeak-ng keeps hidden state between calls (pitch flutter,
-        noise generators, libc rand()) that survives espeak_Terminate/Initialize, so the same text can sound
-        slightly different depending on what was spoken before; unloading the library (dlclose)
-        and loading it again makes each clip's audio depend only on the clip's own calls."""
-        if cls._instance is not None:
-            import _ctypes
-
-            handle = cls._instance.lib._handle
-            cls._instance.lib.espeak_Terminate()
-            cls._instance = None
-            _ctypes.dlclose(handle)
-        cls._instance = Espeak()
-        ctypes.CDLL(None).srand(12345)  # libespeak-ng draws noise from libc rand()
-        cls._instance.lib.espeak_ng_SetRandSeed(ctypes.c_long(12345))
-        return cls._instance
-
-    def _on_audio(self, wav, n, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0
-
-    def synth(self, text: str, voice: str, rate_wpm: float, pitch: float) -> np.ndarray:
-        """-> float32 (N,) at 16 kHz, leading/trailing silence trimmed."""
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"espeak-ng voice not found: {voice}")
-        self.lib.espeak_SetParameter(1, int(round(rate_wpm)), 0)  # espeakRATE
-        self.lib.espeak_SetParameter(3, int(round(pitch)), 0)  # espeakPITCH
-        self._chunks = []
-        raw = text.encode()
-        err = self.lib.espeak_Synth(raw, len(raw) + 1, 0, 1, 0, 1, None, None)  # POS_CHARACTER, UTF8
-        self.lib.espeak_Synchronize()
-        if err != 0 or not self._chunks:
-            raise RuntimeError(f"espeak-ng failed ({err}) on {text!r} with voice {voice}")
-        audio = np.concatenate(self._chunks).astype(np.float64) / 32768.0
-        g = math.gcd(self.rate, SR)
-        audio = resample_poly(audio, SR // g, self.rate // g)
-        loud = np.flatnonzero(np.abs(audio) > 0.01)
-        return audio[loud[0]: loud[-1] + 1] if len(loud) else audio[:0]
 
 
 # ----------------------------------------------------------------------------- styles
