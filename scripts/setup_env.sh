@@ -107,13 +107,31 @@ print("\n".join(l for l in lines
 fi
 
 # --- PortAudio for sounddevice (microphone capture) -----------------------------------------------------
-if ! ldconfig -p 2>/dev/null | grep -q libportaudio; then
+if ! ldconfig -p 2>/dev/null | grep libportaudio >/dev/null; then  # not -q: its early exit fails the pipe
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     say "installing libportaudio2 (microphone capture through sounddevice)"
     (apt-get install -y -qq libportaudio2 >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libportaudio2 >/dev/null 2>&1; }) \
       || say "warning: could not install libportaudio2; microphone capture is unavailable (file source still works)"
   else
     say "warning: libportaudio2 is missing; install it (sudo apt-get install libportaudio2) for microphone capture"
+  fi
+fi
+
+# --- PulseAudio: a virtual speaker and microphone for the playback tests (tests/audio_fixtures.py) -------
+if command -v dpkg-query >/dev/null; then
+  pulse_missing=()
+  for pkg in pulseaudio pulseaudio-utils libasound2-plugins; do
+    [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" == *"ok installed"* ]] || pulse_missing+=("$pkg")
+  done
+  if (( ${#pulse_missing[@]} )); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      say "installing ${pulse_missing[*]} (a virtual audio device for the speaker and microphone tests)"
+      (apt-get install -y -qq "${pulse_missing[@]}" >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "${pulse_missing[@]}" >/dev/null 2>&1; }) \
+        || say "warning: could not install ${pulse_missing[*]}; the real-playback tests will be skipped"
+    else
+      say "note: ${pulse_missing[*]} missing (sudo apt-get install ${pulse_missing[*]}); the real-playback tests will be skipped"
+    fi
   fi
 fi
 

@@ -146,7 +146,10 @@ def test_graphs_name_their_arguments_and_nodes():
         assert set(g.wait_for) <= set(g.node_names())
     assert GRAPHS["agent"].node("audio_capture").condition == "use_mic"
     assert GRAPHS["agent"].node("bag_recorder").condition == "record"
-    assert GRAPHS["demo"].node_names() == ["bag_recorder", "agent", "head_bridge", "sim_head", "conversation_player"]
+    assert GRAPHS["agent"].node("speech_synth").condition == "speech"
+    assert GRAPHS["demo"].node_names() == ["bag_recorder", "agent", "head_bridge", "sim_head", "conversation_player",
+                                           "head_marker"]
+    assert all(g.node("head_marker").condition == "head_marker" for g in GRAPHS.values())  # off unless asked
     assert GRAPHS["demo"].wait_for == ("conversation_player", "bag_recorder")
 
 
@@ -303,7 +306,7 @@ def test_graph_settings_from_files_and_overrides(tmp_path):
     p = make_plan("demo", overrides=["timar_graph.nodes:=[conversation_player, bag_recorder]"])
     assert [n.name for n in p.nodes] == ["bag_recorder", "conversation_player"]
     assert p.wait_for == ("conversation_player", "bag_recorder")
-    assert set(p.skipped) == {"agent", "head_bridge", "sim_head"}
+    assert set(p.skipped) == {"agent", "head_bridge", "sim_head", "head_marker"}
     p = make_plan("demo", overrides=["timar_graph.nodes:=[agent, head_bridge]"])
     assert p.wait_for == ()  # none of the graph's wait_for runs: the run ends when every node has exited
     p = make_plan("demo", overrides=["timar_graph.wait_for:=[bag_recorder]"])

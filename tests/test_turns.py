@@ -230,3 +230,17 @@ def test_player_stamps_and_release():
     assert player.due(12.3) == [] and player.counters.dropped_frames == 25
     with pytest.raises(ValueError, match="56"):
         player.push(4, 11.0, np.zeros((25, 3)))
+
+
+def test_agent_audio_after_a_long_silence_does_not_reset_the_timeline():
+    """The robot may be silent for longer than max_jump_forward: its next words are not a clock jump."""
+    asm = TurnAssembler(AssemblerConfig(expect_user_motion=False))
+    chunk = np.zeros(1600, np.float32)
+    for k in range(30):  # 30 s of the user, the robot speaks at 1 s and again at 25 s
+        for c in range(10):
+            asm.add_user_audio(100.0 + k + c / 10, chunk)
+        if k in (1, 25):
+            asm.add_agent_audio(100.0 + k, np.ones(16000, np.float32))
+        asm.poll()
+    assert asm.epoch == 0 and asm.counters.clock_jumps == 0
+    assert asm.next_index == 30

@@ -26,6 +26,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "jaw-budget": ("timar_model.eval.jaw_budget", "where a model's MSE-jaw comes from (regression vs sampling)"),
     "diagnose": ("timar_model.eval.diagnose", "what a model's backbone carries and how its diffusion head samples"),
     "card-check": ("timar_model.eval.model_card", "rerun a shipped model's fixed-subset check (--write: record it)"),
+    "view": ("timar_model.view.recording", "the conversation in 3D in the Rerun viewer: a bag, predictions or --live"),
+    "render": ("timar_model.view.video", "render a conversation to an MP4 with its audio (or one frame as a PNG)"),
+    "say": ("timar_ros.say", "make the robot say a text (agent/say) or stop it (--stop); needs `source env.sh`"),
 }
 
 
@@ -45,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
-    module = _load(name)
+    try:
+        module = _load(name)
+    except ImportError as e:  # a subcommand of the ROS side (`say`) outside `source env.sh`, or a missing extra
+        print(f"timar {name}: {e}; run `source env.sh` (or `bash scripts/setup_env.sh` first)", file=sys.stderr)
+        return 2
     cmd_parser = argparse.ArgumentParser(prog=f"timar {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)

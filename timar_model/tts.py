@@ -125,7 +125,7 @@ class EspeakTTS:
                 Espeak._instance = Espeak()
             self._engine = Espeak._instance
             if self._engine.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"espeak-ng voice not found: {voice!r} (e.g. en-us, en-gb, en-gb+f2)")
+                raise ValueError(f"espeak-ng voice not found: {voice!r} (e.g. en-us, en-us+f3, en-gb-scotland)")
 
     def synthesize(self, text: str) -> Speech:
         if not text.strip():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timar_model.motion import FPS, MOTION_DIM
+from timar_model.motion import FPS, MOTION_DIM, SAMPLE_RATE
 
 MSG_PACKAGE = "timar_msgs"
 
@@ -402,8 +402,418 @@ def run(args: argparse.Namespace) -> int:
     data = read_bag(args.bag)
     report = evaluate(data, args.output_delay)
     print(format_report(report))
+    speech = read_speech(args.bag)
+    if speech is not None:  # the robot spoke through speech_synth (the talk graph)
+        report["speech"] = speech_report(speech, data, args.output_delay)
+        print(format_speech_report(report["speech"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float))
     if args.plot:
         print(f"plot: {plot(data, report['output_delay_s'], args.plot)}")
     return 0
+
+
+# ----------------------------------------------------------------------------- the robot's own speech
+# Measurements of a session where speech_synth speaks (the talk graph): only when the bag holds agent/say or
+# agent/audio chunks with frame_id `speech_synth`. Every time below is on the conversation clock; the speaker
+# plays the agent/audio sample stamped s at s + output_delay, and the agent shows its frames at their stamps.
+SPEECH_FRAME_ID = "speech_synth"
+SYNC_MAX_LAG = 0.3  # s; cross-correlation lags searched, both ways
+SYNC_STEP = 0.005  # s; grid of the cross-correlation
+SYNC_PAD = 0.3  # s; the talking stretches are widened by this much for the cross-correlation (onsets, offsets)
+REST_MARGIN = 0.5  # s; a frame this far from any talking stretch counts as silent (jaw at rest)
+
+
+@dataclass
+class SpeechChunkRecord:
+    """One agent/audio chunk of speech_synth."""
+
+    recv: float  # s, bag time
+    stamp: float  # s, first sample (played at stamp + output_delay)
+    sample_rate: int
+    samples: np.ndarray  # (n,) float32 mono
+
+    @property
+    def end(self) -> float:
+        return self.stamp + self.samples.size / self.sample_rate
+
+
+@dataclass
+class UtteranceRecord:
+    """An utterance as its last timar/speech_synth status in the bag describes it."""
+
+    id: int
+    text: str
+    state: str  # the last recorded: queued | synthesizing | playing | done | cancelled | failed
+    reason: str
+    audio_s: float  # s of audio it plays (cut to what was published by a cancel)
+    changes: list[tuple[float, str]] = field(default_factory=list)  # (bag time, state) of each status
+
+
+@dataclass
+class SpeechData:
+    say: list[tuple[float, str]] = field(default_factory=list)  # agent/say: (bag time, text)
+    stop: list[float] = field(default_factory=list)  # agent/stop_speaking bag times
+    speaking: list[tuple[float, bool]] = field(default_factory=list)  # agent/speaking: (bag time, value)
+    chunks: list[SpeechChunkRecord] = field(default_factory=list)  # by stamp
+    utterances: list[UtteranceRecord] = field(default_factory=list)  # by id
+    synth_diagnostics: dict[str, str] = field(default_factory=dict)  # the last periodic timar/speech_synth summary
+    user_t0: float = 0.0  # s, stamp of user_audio[0]
+    user_audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # user/audio at 16 kHz
+
+
+def _mono16k(data, sample_rate: int, channels: int) -> np.ndarray:
+    from timar_model.runtime.turns import to_mono_16k
+
+    return to_mono_16k(np.asarray(data, np.float32), int(sample_rate), max(1, int(channels)))
+
+
+def _place(pieces: list[tuple[float, np.ndarray]]) -> tuple[float, np.ndarray]:
+    """(stamp, 16 kHz samples) pieces -> (t0, one signal from t0 at 16 kHz, zeros where nothing was)."""
+    if not pieces:
+        return 0.0, np.zeros(0, np.float32)
+    t0 = min(s for s, _ in pieces)
+    n = max(round((s - t0) * SAMPLE_RATE) + x.size for s, x in pieces)
+    out = np.zeros(n, np.float32)
+    for s, x in pieces:
+        i = round((s - t0) * SAMPLE_RATE)
+        out[i:i + x.size] = x
+    return t0, out
+
+
+def read_speech(path: str | os.PathLike, frame_id: str = SPEECH_FRAME_ID) -> SpeechData | None:
+    """The speech topics of a bag (agent/say, agent/stop_speaking, agent/speaking, speech_synth's agent/audio
+    chunks and /diagnostics statuses, user/audio); None when the robot did not speak through speech_synth."""
+    from rosbags.highlevel import AnyReader
+
+    path = Path(path)
+    if not (path / "metadata.yaml").is_file():
+        raise FileNotFoundError(f"{path}: not a rosbag2 folder (no metadata.yaml)")
+    out = SpeechData()
+    utterances: dict[int, UtteranceRecord] = {}
+    user: list[tuple[float, np.ndarray]] = []
+    wanted = ("agent/say", "agent/stop_speaking", "agent/speaking", "agent/audio", "user/audio", "diagnostics")
+    with AnyReader([path], default_typestore=timar_typestore()) as reader:
+        conns = [c for c in reader.connections if c.topic.rstrip("/").endswith(wanted)]
+        for conn, t_ns, raw in reader.messages(connections=conns):
+            name, t = conn.topic.rstrip("/"), t_ns * 1e-9
+            msg = reader.deserialize(raw, conn.msgtype)
+            if name.endswith("agent/say"):
+                out.say.append((t, msg.data))
+            elif name.endswith("agent/stop_speaking"):
+                out.stop.append(t)
+            elif name.endswith("agent/speaking"):
+                out.speaking.append((t, bool(msg.data)))
+            elif name.endswith("agent/audio"):
+                if msg.header.frame_id == frame_id:
+                    out.chunks.append(SpeechChunkRecord(t, _sec(msg.header.stamp), SAMPLE_RATE,
+                                                        _mono16k(msg.data, msg.sample_rate, msg.channels)))
+            elif name.endswith("user/audio"):
+                user.append((_sec(msg.header.stamp), _mono16k(msg.data, msg.sample_rate, msg.channels)))
+            else:
+                for st in msg.status:
+                    if st.name != "timar/speech_synth":
+                        continue
+                    values = {kv.key: kv.value for kv in st.values}
+                    if "utterance" not in values:
+                        out.synth_diagnostics = values
+                        continue
+                    uid = int(values["utterance"])
+                    u = utterances.setdefault(uid, UtteranceRecord(uid, values.get("text", ""), "", "", 0.0))
+                    u.state, u.reason = values.get("state", ""), values.get("reason", "")
+                    u.audio_s = float(values.get("audio_s", "0") or 0.0)
+                    u.changes.append((t, u.state))
+    if not out.say and not out.chunks:
+        return None
+    out.chunks.sort(key=lambda c: c.stamp)
+    out.utterances = [utterances[k] for k in sorted(utterances)]
+    out.user_t0, out.user_audio = _place(user)
+    return out
+
+
+def utterance_chunks(speech: SpeechData) -> list[tuple[UtteranceRecord, list[SpeechChunkRecord]]]:
+    """The chunks of each utterance that played audio. Utterances play one after the other in id order and
+    each is a run of chunks, so walking the chunks in stamp order and giving each utterance as many samples as
+    its status says (`audio_s`) splits them; a chunk shorter than the usual size ends an utterance too (only an
+    utterance's last chunk is short). Without any utterance status in the bag, each run of contiguous chunks
+    counts as one utterance (state "unknown")."""
+    chunks = speech.chunks
+    size = _chunk_size(chunks)
+    if not speech.utterances:
+        runs: list[list[SpeechChunkRecord]] = []
+        for c in chunks:
+            if runs and abs(c.stamp - runs[-1][-1].end) <= 0.5 / c.sample_rate:
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        return [(UtteranceRecord(i, "", "unknown", "", sum(c.samples.size for c in r) / r[0].sample_rate), r)
+                for i, r in enumerate(runs)]
+    out, i = [], 0
+    for u in speech.utterances:
+        if u.audio_s <= 0 or u.state not in ("playing", "done", "cancelled"):
+            continue
+        want, got, mine = u.audio_s * SAMPLE_RATE, 0, []
+        while i < len(chunks) and got < want - 2:  # audio_s is printed with 6 significant digits
+            mine.append(chunks[i])
+            got += chunks[i].samples.size
+            i += 1
+            if mine[-1].samples.size < size:
+                break
+        if mine:
+            out.append((u, mine))
+    return out
+
+
+def _chunk_size(chunks: list[SpeechChunkRecord]) -> int:
+    """The usual number of samples per chunk (the most frequent; 0 without chunks)."""
+    sizes = [c.samples.size for c in chunks]
+    return max(set(sizes), key=sizes.count) if sizes else 0
+
+
+def _windowed_rms(t0: float, x: np.ndarray, centers: np.ndarray, width: float) -> np.ndarray:
+    """RMS of x (16 kHz from t0) over [c - width / 2, c + width / 2) for each center c (zeros outside x)."""
+    c2 = np.concatenate([[0.0], np.cumsum(np.square(x, dtype=np.float64))])
+    a = np.clip(np.round((centers - width / 2 - t0) * SAMPLE_RATE).astype(int), 0, x.size)
+    b = np.clip(np.round((centers + width / 2 - t0) * SAMPLE_RATE).astype(int), 0, x.size)
+    n = max(1, round(width * SAMPLE_RATE))
+    return np.sqrt((c2[b] - c2[a]) / n)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _in_any(t: np.ndarray, intervals: list[tuple[float, float]], pad: float = 0.0) -> np.ndarray:
+    inside = np.zeros(t.shape, bool)
+    for a, b in intervals:
+        inside |= (t >= a - pad) & (t < b + pad)
+    return inside
+
+
+def lip_sync_lag(jaw_t: np.ndarray, jaw: np.ndarray, x_t0: float, x: np.ndarray,
+                 talking: list[tuple[float, float]]) -> dict:
+    """Lag of the jaw behind the sound: the peak of the cross-correlation (Pearson, at lags within
+    +/- SYNC_MAX_LAG on a SYNC_STEP grid, refined by a parabola through the peak) between the played speech's
+    RMS envelope (40 ms windows) at time t and the jaw opening at t + lag, over the talking stretches widened by
+    SYNC_PAD and covered by frames. jaw_t: display stamps (s, sorted); the frame shown from s to s + 40 ms sits
+    at its middle. x: the speech at the speaker from x_t0 (16 kHz). lag_ms > 0: the jaw moves after the sound."""
+    period = 1.0 / FPS
+    centers = jaw_t + period / 2
+    grid = np.arange(centers[0], centers[-1], SYNC_STEP)
+    after = np.clip(np.searchsorted(centers, grid), 0, centers.size - 1)
+    gap = centers[after] - centers[np.maximum(after - 1, 0)]  # frame spacing around each grid point
+    mask = (gap <= 1.5 * period) & _in_any(grid, talking, SYNC_PAD)  # no missing frame there
+    jaw_g = np.interp(grid, centers, jaw)
+    env_g = _windowed_rms(x_t0, x, grid, period)
+    k_max = round(SYNC_MAX_LAG / SYNC_STEP)
+    lags = np.arange(-k_max, k_max + 1)
+    r = np.full(lags.size, np.nan)
+    n = grid.size
+    for j, k in enumerate(lags):
+        i = np.arange(max(0, -k), min(n, n - k))
+        ok = mask[i] & mask[i + k]
+        r[j] = _pearson(env_g[i[ok]], jaw_g[i[ok] + k])
+    if not np.any(np.isfinite(r)):
+        return {"lag_ms": float("nan"), "peak_correlation": float("nan"), "correlation_at_zero": float("nan"),
+                "samples": int(mask.sum())}
+    j = int(np.nanargmax(r))
+    shift = 0.0
+    if 0 < j < lags.size - 1 and np.isfinite(r[j - 1]) and np.isfinite(r[j + 1]):
+        den = r[j - 1] - 2 * r[j] + r[j + 1]
+        shift = 0.5 * (r[j - 1] - r[j + 1]) / den if den < 0 else 0.0
+    return {
+        "lag_ms": 1e3 * (lags[j] + shift) * SYNC_STEP,
+        "peak_correlation": float(r[j]),
+        "correlation_at_zero": float(r[k_max]),
+        "samples": int(mask.sum()),
+        "lags_ms": (1e3 * lags * SYNC_STEP).tolist(),
+        "correlation": r.tolist(),
+    }
+
+
+def jaw_and_speech(jaw_t: np.ndarray, jaw: np.ndarray, x_t0: float, x: np.ndarray,
+                   talking: list[tuple[float, float]]) -> dict:
+    """Jaw opening (rad) against the played speech: the Pearson correlation with the speech's RMS over each
+    frame's display interval [s, s + 40 ms) for the frames inside a talking stretch, and the mean jaw opening
+    of those frames vs the frames at least REST_MARGIN s away from any (silent)."""
+    period = 1.0 / FPS
+    talking_frames = np.zeros(jaw_t.shape, bool)
+    for a, b in talking:
+        talking_frames |= (jaw_t >= a) & (jaw_t + period <= b)
+    silent = ~_in_any(jaw_t, talking, REST_MARGIN)
+    env = _windowed_rms(x_t0, x, jaw_t + period / 2, period)
+    nan = float("nan")
+    return {
+        "talking_frames": int(talking_frames.sum()),
+        "silent_frames": int(silent.sum()),
+        "correlation_talking": _pearson(jaw[talking_frames], env[talking_frames]),
+        "mean_jaw_talking_rad": float(jaw[talking_frames].mean()) if talking_frames.any() else nan,
+        "mean_jaw_silent_rad": float(jaw[silent].mean()) if silent.any() else nan,
+    }
+
+
+def _match_says(speech: SpeechData, utterances: list[UtteranceRecord]) -> dict[int, float]:
+    """utterance id -> bag time of the agent/say that asked for it (non-empty says in order, matched by text)."""
+    says = [(t, text) for t, text in speech.say if text.strip()]
+    out, i = {}, 0
+    for u in utterances:
+        j = i
+        while j < len(says) and says[j][1][:120] != u.text[:120]:
+            j += 1
+        if j < len(says):
+            out[u.id] = says[j][0]
+            i = j + 1
+    return out
+
+
+def speech_report(speech: SpeechData, data: BagData, output_delay: float | None = None) -> dict:
+    """The talk session's measurements (times in ms): lip sync lag, jaw vs the played speech, latency
+    agent/say -> first sample at the speaker, chunk continuity, and how cancelled utterances ended."""
+    from timar_model.eval.metrics import jaw_opening
+
+    if output_delay is None:
+        value = speech.synth_diagnostics.get("output_delay", data.diagnostics.get("output_delay"))
+        if value is None:
+            raise ValueError("no output_delay in the bag's /diagnostics: pass --output-delay")
+        output_delay = float(value)
+    od = output_delay
+    # the speaker plays the sample stamped s at s + output_delay + speaker_offset (a lip-sync calibration)
+    offset = float(speech.synth_diagnostics.get("speaker_offset", 0.0))
+    at_speaker = od + offset
+    runs = utterance_chunks(speech)
+    talking = [(r[0].stamp + at_speaker, r[-1].end + at_speaker) for _, r in runs]
+    x_t0, x = _place([(c.stamp + at_speaker, c.samples) for c in speech.chunks])
+    states: dict[str, int] = {}
+    for u in speech.utterances:
+        states[u.state] = states.get(u.state, 0) + 1
+    report: dict = {
+        "output_delay_s": od,
+        "speaker_offset_s": offset,
+        "said": sum(1 for _, text in speech.say if text.strip()),
+        "cancel_requests": sum(1 for _, text in speech.say if not text.strip()) + len(speech.stop),
+        "utterances": len(speech.utterances) or len(runs),
+        "utterance_states": states,
+        "utterances_with_audio": len(runs),
+        "speech_seconds": float(sum(c.samples.size for c in speech.chunks) / SAMPLE_RATE),
+    }
+    # (a), (b): the jaw against the sound at the speaker
+    if data.stamp.size and runs:
+        order = np.argsort(data.stamp, kind="stable")
+        jaw_t, jaw = data.stamp[order], jaw_opening(data.motion[order])
+        report["sync"] = lip_sync_lag(jaw_t, jaw, x_t0, x, talking)
+        report["jaw"] = jaw_and_speech(jaw_t, jaw, x_t0, x, talking)
+    # (c) latency agent/say -> first sample at the speaker
+    said_at = _match_says(speech, [u for u, _ in runs])
+    latency = np.array([r[0].stamp + at_speaker - said_at[u.id] for u, r in runs if u.id in said_at])
+    report["latency_say_to_speaker"] = {**_stats_ms(latency), "utterances": int(latency.size)}
+    # (d) continuity inside each utterance, and where cancelled ones ended
+    steps = [b.stamp - a.end for _, r in runs for a, b in zip(r, r[1:])]
+    steps_arr = np.array(steps)
+    half = 0.5 / SAMPLE_RATE
+    chunk_size = _chunk_size(speech.chunks)
+    cancelled = []
+    for u, r in runs:
+        if u.state != "cancelled":
+            continue
+        at = next((t for t, s in u.changes if s == "cancelled"), float("nan"))
+        played = sum(c.samples.size for c in r)
+        cancelled.append({
+            "utterance": u.id, "reason": u.reason,
+            "ends_at_chunk_boundary": bool(abs(played - u.audio_s * SAMPLE_RATE) <= 2
+                                           and all(c.samples.size == chunk_size for c in r)),
+            "speaker_silent_after_cancel_ms": 1e3 * (r[-1].end + at_speaker - at),
+        })
+    report["continuity"] = {
+        "chunks": len(speech.chunks),
+        "chunk_samples": chunk_size,
+        "gaps": int((steps_arr > half).sum()),
+        "overlaps": int((steps_arr < -half).sum()),
+        "max_abs_step_us": 1e6 * float(np.abs(steps_arr).max()) if steps_arr.size else 0.0,
+        "samples_match_status": all(abs(sum(c.samples.size for c in r) - u.audio_s * SAMPLE_RATE) <= 2 for u, r in runs
+                                    if u.state != "playing"),
+    }
+    report["cancelled"] = cancelled
+    return report
+
+
+def format_speech_report(r: dict) -> str:
+    states = ", ".join(f"{k} {v}" for k, v in sorted(r["utterance_states"].items()))
+    lat, co = r["latency_say_to_speaker"], r["continuity"]
+    lines = [
+        f"robot speech: {r['said']} said, {r['utterances']} utterances ({states}), {r['speech_seconds']:.1f} s "
+        f"played; output delay {r['output_delay_s']} s",
+    ]
+    if "sync" in r:
+        s, j = r["sync"], r["jaw"]
+        lines += [
+            f"lip sync: the jaw lags the sound at the speaker by {s['lag_ms']:.1f} ms (cross-correlation peak "
+            f"{s['peak_correlation']:.3f}; {s['correlation_at_zero']:.3f} at 0 ms; target within +/- 40 ms)",
+            f"jaw vs played speech while talking: r = {j['correlation_talking']:.3f} over {j['talking_frames']} "
+            f"frames; mean jaw opening talking {j['mean_jaw_talking_rad']:.4f} rad, silent "
+            f"{j['mean_jaw_silent_rad']:.4f} rad ({j['silent_frames']} frames)",
+        ]
+    lines.append(
+        f"latency agent/say -> first sample at the speaker over {lat['utterances']} utterances: median "
+        f"{lat['median_ms']:.0f} ms  p95 {lat['p95_ms']:.0f} ms  max {lat['max_ms']:.0f} ms")
+    lines.append(
+        f"chunks: {co['chunks']} of {co['chunk_samples']} samples, {co['gaps']} gaps, {co['overlaps']} overlaps "
+        f"inside utterances (largest step {co['max_abs_step_us']:.1f} us); samples match the utterance status: "
+        f"{co['samples_match_status']}")
+    for c in r["cancelled"]:
+        lines.append(f"  cancelled utterance {c['utterance']} ({c['reason']}): ends at a chunk boundary "
+                     f"{c['ends_at_chunk_boundary']}, speaker silent {c['speaker_silent_after_cancel_ms']:.0f} ms "
+                     "after the cancel")
+    return "\n".join(lines)
+
+
+def plot_speech(speech: SpeechData, data: BagData, report: dict, out: str | os.PathLike) -> Path:
+    """Who speaks when and the robot's jaw (PNG): the user's voice, the robot's voice at the speaker with the
+    jaw opening shown at its display time, and the lip sync cross-correlation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from timar_model.eval.metrics import jaw_opening
+
+    od = report["output_delay_s"]
+    x_t0, x = _place([(c.stamp + od, c.samples) for c in speech.chunks])
+    order = np.argsort(data.stamp, kind="stable")
+    jaw_t, jaw = data.stamp[order], jaw_opening(data.motion[order])
+    t_ref = min(jaw_t[0] if jaw_t.size else np.inf, speech.user_t0 if speech.user_audio.size else np.inf)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), gridspec_kw={"height_ratios": [1, 2, 1.3]})
+    step = 0.01
+    if speech.user_audio.size:
+        tu = np.arange(speech.user_t0, speech.user_t0 + speech.user_audio.size / SAMPLE_RATE, step)
+        axes[0].plot(tu - t_ref, _windowed_rms(speech.user_t0, speech.user_audio, tu, 0.04), lw=0.8, color="C1")
+    axes[0].set_ylabel("user voice\n(RMS)", fontsize=8)
+    if x.size:
+        tx = np.arange(x_t0, x_t0 + x.size / SAMPLE_RATE, step)
+        axes[1].plot(tx - t_ref, _windowed_rms(x_t0, x, tx, 0.04), lw=0.8, color="C0",
+                     label="robot voice at the speaker (RMS)")
+    axes[1].set_ylabel("robot voice (RMS)", fontsize=8)
+    jaw_ax = axes[1].twinx()
+    jaw_ax.plot(jaw_t + 0.02 - t_ref, jaw, color="C3", lw=1.0, label="robot jaw opening (rad)")
+    jaw_ax.set_ylabel("jaw opening (rad)", fontsize=8)
+    axes[1].set_xlabel("time (s): what is heard and seen", fontsize=8)
+    axes[1].sharex(axes[0])
+    lines = axes[1].get_legend_handles_labels()[0] + jaw_ax.get_legend_handles_labels()[0]
+    axes[1].legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)
+    if "sync" in report and "lags_ms" in report["sync"]:
+        s = report["sync"]
+        axes[2].plot(s["lags_ms"], s["correlation"], color="C2")
+        axes[2].axvline(s["lag_ms"], color="k", lw=0.8, ls="--")
+        axes[2].set_title(f"lip sync: jaw lags the sound by {s['lag_ms']:.1f} ms", fontsize=9)
+    axes[2].set_xlabel("lag of the jaw behind the sound (ms)", fontsize=8)
+    axes[2].set_ylabel("correlation", fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle("timar talk: the robot's voice and jaw")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -9,7 +9,7 @@ A turn is emitted (in order, each exactly once) when
   - `poll(now)` is called with now >= turn end + deadline (missing audio -> silence, missing motion -> the
     last frame is held; both counted).
 Data for an already emitted turn is dropped and counted ("late"). A stamp jumping backwards by more than
-`max_jump_back` s or forwards by more than `max_jump_forward` s on any stream resets the timeline (the
+`max_jump_back` s or forwards by more than `max_jump_forward` s on a user stream resets the timeline (the
 `epoch` of later turns increases; the model's context should be reset with it).
 Memory is bounded: buffers exist only for turns in [next turn, next turn + max_buffered_turns).
 
@@ -207,10 +207,9 @@ class TurnAssembler:
     def add_agent_audio(
         self, stamp: float, data: np.ndarray, sample_rate: int = SAMPLE_RATE, channels: int = 1
     ) -> None:
-        """The agent's own speech; may arrive early with future stamps."""
+        """The agent's own speech; may arrive early with future stamps, and may be absent for any time (the
+        robot is silent), so its stamps never reset the timeline: only the user streams do."""
         x = self._prepare_audio(stamp, data, sample_rate, channels)
-        if self._check_jump(self._agent_audio, stamp):
-            self._agent_audio.last_stamp = stamp
         if self.origin is None:
             # keep it until a user stream defines t0; bounded to max_buffered_turns of audio
             self._pending_agent.append((float(stamp), x))

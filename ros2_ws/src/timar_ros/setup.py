@@ -35,7 +35,10 @@ setup(
             "conversation_player = timar_ros.conversation_player:main",
             "bag_recorder = timar_ros.bag_recorder:main",
             "sim_head = timar_ros.sim_head:main",
+            "head_marker = timar_ros.head_marker:main",
+            "responder = timar_ros.responder:main",
             "timar_run = timar_ros.runner:main",
+            "speech_synth = timar_ros.speech_synth:main",
         ],
     },
 )

@@ -24,7 +24,7 @@ from .spin import run_node
 TOPICS = [
     "user/audio", "agent/audio", "user/head_motion", "agent/head_motion", "agent/head_motion_gt", "agent/head_pose",
     "agent/motion_turn", "agent/joint_states", "agent/joint_trajectory", "sim_head/joint_states",
-    "sim_head/reference", "/diagnostics", "conversation/done",
+    "sim_head/reference", "agent/say", "agent/stop_speaking", "agent/speaking", "/diagnostics", "conversation/done",
 ]
 
 PARAMS = (

@@ -103,6 +103,13 @@ AGENT = NodeSpec("agent", "agent", "TIMAR: turns of audio and user motion in, ag
 HEAD_BRIDGE = NodeSpec("head_bridge", "head_bridge", "head motion -> neck and jaw joint commands within limits")
 RECORDER = NodeSpec("bag_recorder", "bag_recorder", "MCAP bag of the graph's topics",
                     arguments=(("bag_path", "output"),))
+SIM_HEAD = NodeSpec("sim_head", "sim_head", "a simulated head following agent/joint_trajectory")
+
+SPEECH_SYNTH = NodeSpec("speech_synth", "speech_synth", "the robot's voice: agent/say -> espeak-ng -> agent/audio "
+                        "on the conversation clock (and the speaker, with sink: speaker)")
+HEAD_MARKER = NodeSpec("head_marker", "head_marker", "the agent's head as a MarkerArray for RViz / Foxglove",
+                       condition="head_marker")
+HEAD_MARKER_ARGUMENT = Argument("head_marker", "false", "start head_marker (true | false)")
 
 GRAPHS: dict[str, Graph] = {
     "agent": Graph(
@@ -112,11 +119,15 @@ GRAPHS: dict[str, Graph] = {
             AGENT,
             HEAD_BRIDGE,
             NodeSpec("audio_capture", "audio_capture", "the microphone as user/audio", condition="use_mic"),
+            replace(SPEECH_SYNTH, condition="speech"),
             replace(RECORDER, condition="record"),
+            HEAD_MARKER,
         ),
         arguments=COMMON_ARGUMENTS + (
             Argument("use_mic", "true", "start audio_capture (true | false)"),
+            Argument("speech", "true", "start speech_synth, the robot's voice (true | false)"),
             Argument("record", "false", "start bag_recorder (true | false)"),
+            HEAD_MARKER_ARGUMENT,
         ),
         configs=("agent.yaml",),
     ),
@@ -127,11 +138,32 @@ GRAPHS: dict[str, Graph] = {
             RECORDER,
             AGENT,
             HEAD_BRIDGE,
-            NodeSpec("sim_head", "sim_head", "a simulated head following agent/joint_trajectory"),
+            SIM_HEAD,
             NodeSpec(PLAYER, PLAYER, "a DualTalk-layout clip pair replayed as live topics"),
+            HEAD_MARKER,
         ),
-        arguments=COMMON_ARGUMENTS,
+        arguments=COMMON_ARGUMENTS + (HEAD_MARKER_ARGUMENT,),
         configs=("agent.yaml", "demo.yaml"),
+        wait_for=(PLAYER, RECORDER.name),
+    ),
+    "talk": Graph(
+        name="talk",
+        description="a conversation with the robot: the user side of a recorded clip, a stand-in partner "
+                    "(responder) that makes the robot reply, its voice (speech_synth) and the agent moving "
+                    "its head and jaw to both, on a simulated head, recorded",
+        nodes=(
+            RECORDER,
+            AGENT,
+            HEAD_BRIDGE,
+            SIM_HEAD,
+            NodeSpec(PLAYER, PLAYER, "the user's side of a DualTalk-layout clip replayed as live topics"),
+            NodeSpec("responder", "responder", "a stand-in dialogue partner: the next line of a script on "
+                     "agent/say whenever the user has spoken and paused"),
+            SPEECH_SYNTH,
+            HEAD_MARKER,
+        ),
+        arguments=COMMON_ARGUMENTS + (HEAD_MARKER_ARGUMENT,),
+        configs=("agent.yaml", "talk.yaml"),
         wait_for=(PLAYER, RECORDER.name),
     ),
 }

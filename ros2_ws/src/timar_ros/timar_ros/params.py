@@ -177,7 +177,8 @@ def declare_params(
     return store
 
 
-NODES = ("agent", "audio_capture", "head_bridge", "sim_head", "conversation_player", "bag_recorder")
+NODES = ("agent", "audio_capture", "speech_synth", "responder", "head_bridge", "sim_head", "head_marker",
+         "conversation_player", "bag_recorder")
 
 
 def markdown_table(node_name: str, specs: Iterable[Param]) -> str:

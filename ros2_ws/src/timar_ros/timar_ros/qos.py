@@ -9,6 +9,8 @@
   trajectory is the controller's plan for the next second: it must not be lost.
 - state (`agent/speaking`, `conversation/done`): reliable + transient local, depth 1 ("latched"): a late
   subscriber gets the current value.
+- commands (`agent/say`, `agent/stop_speaking`): reliable, keep last 10, volatile: every request counts, a
+  stale one must not replay to a node that starts later.
 - `/diagnostics`: reliable, keep last 10 (as diagnostic_updater does).
 - `/clock` (the conversation player in sim time): reliable, keep last 10; rclpy's clock subscription is best
   effort, which accepts it.
@@ -59,6 +61,10 @@ def latched() -> QoSProfile:
     return _profile(1, latched=True)
 
 
+def commands() -> QoSProfile:
+    return _profile(10)
+
+
 def diagnostics() -> QoSProfile:
     return _profile(10)
 
@@ -72,6 +78,7 @@ PROFILES = {
     "frames": frames,
     "per_turn": per_turn,
     "latched": latched,
+    "commands": commands,
     "diagnostics": diagnostics,
     "clock": clock,
 }
@@ -91,7 +98,16 @@ TOPICS: tuple[Topic, ...] = (
           "the user's microphone (`audio_capture`: sounddevice, or `source: file` to play a WAV as a mic); "
           "audio_capture `reliability` sets the publisher's"),
     Topic("agent/audio", "timar_msgs/msg/AudioChunk", "in", "audio",
-          "the robot's own speech as played (a TTS may publish it early with future stamps; absent = silence)"),
+          "the robot's own speech as played (`speech_synth`, or any TTS that does the same: published up to "
+          "`lookahead` early with future stamps, played at stamp + `output_delay`; absent = silence)"),
+    Topic("agent/say", "std_msgs/msg/String", "in", "commands",
+          "`speech_synth`: text for the robot to say, spoken after what is queued; an empty string cancels "
+          "(`timar say`)"),
+    Topic("agent/stop_speaking", "std_msgs/msg/Empty", "in", "commands",
+          "`speech_synth`: stop speaking; what is already on agent/audio is still played, the rest is dropped"),
+    Topic("agent/speaking", "std_msgs/msg/Bool", "out", "latched",
+          "`speech_synth`: true while the robot's speech is at the speaker (first sample's stamp + "
+          "`output_delay` to the last's)"),
     Topic("user/head_motion", "timar_msgs/msg/HeadMotion", "in", "frames",
           "the user's FLAME motion from a face tracker; agent `motion_reliability` sets the subscription's"),
     Topic("user/head_pose", "geometry_msgs/msg/PoseStamped", "in", "frames",
@@ -106,6 +122,8 @@ TOPICS: tuple[Topic, ...] = (
           "position, velocity and acceleration limits"),
     Topic("agent/joint_states", "sensor_msgs/msg/JointState", "out", "frames",
           "`head_bridge`: the same joints at 25 fps"),
+    Topic("agent/head_marker", "visualization_msgs/msg/MarkerArray", "out", "frames",
+          "`head_marker` (not started by the graphs): the agent's head as a triangle mesh for RViz / Foxglove"),
     Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "out", "diagnostics",
           "latency and counters (gaps, overlaps, late drops, rejected messages)"),
     Topic("agent/head_motion_gt", "timar_msgs/msg/HeadMotion", "demo", "frames",
