@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from timar_model.errors import UserError
 from timar_model.model.config import TimarConfig
 from timar_model.model.timar import TIMAR
 from timar_model.motion import SAMPLE_RATE
@@ -26,7 +28,7 @@ WEIGHTS_NAME = "model.safetensors"
 PUBLIC_HEADS = {"timar_base": 12, "timar_large": 16, "timar_huge": 16}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, malformed or refused."""
 
 
@@ -52,14 +54,38 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             )
     config = TimarConfig.load(cfg_path)
     model = TIMAR(config)
-    sd = load_file(str(w_path))
-    result = model.load_state_dict(sd, strict=False)
+    try:
+        sd = load_file(str(w_path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"{w_path}: not a readable safetensors file ({_one_line(e)}); it is truncated or damaged: "
+            "copy it again or re-export the model"
+        ) from e
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # tensors whose shapes differ from the model config.json describes
+        raise CheckpointError(
+            f"{w_path}: weights do not match {cfg_path} ({_shape_mismatch(e)}); "
+            "copy the config.json that was saved with these weights"
+        ) from e
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{w_path}: does not match {cfg_path}: missing {result.missing_keys[:10]}, "
             f"unexpected {result.unexpected_keys[:10]}"
         )
     return model.to(device).eval()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _shape_mismatch(e: RuntimeError) -> str:
+    """The first 'size mismatch for NAME: ...' line of a load_state_dict error, or the whole message."""
+    for line in str(e).splitlines():
+        if "size mismatch" in line:
+            return line.strip().rstrip(".")
+    return _one_line(e)
 
 
 # ----------------------------------------------------------------------------- public TIMAR.pth
@@ -76,8 +102,14 @@ def read_public_pickle(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load: the pickle needs objects other than tensors, plain containers and "
-            f"argparse.Namespace (weights_only=True). It may be malicious or not a TIMAR checkpoint. ({e})"
+            f"argparse.Namespace (weights_only=True); it may be malicious or not a TIMAR checkpoint "
+            f"({_one_line(e)[:300]})"
         ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({_one_line(e)[:300]}); it is truncated or damaged: "
+            "download it again"
+        ) from e
     if not isinstance(ckpt, dict) or "model_ema" not in ckpt:
         keys = list(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
@@ -130,7 +162,8 @@ def config_from_public(
         decoder_width=sd["diffusion_pos_embed_learned"].shape[-1],
         decoder_depth=0 if use_encoder_only else dec_depth,
         decoder_num_heads=int(a.get("decoder_num_heads") or heads),
-        attention="turn_causal" if a.get("use_causal_attn", True) else "bidirectional",
+        # the public training script defaults to bidirectional attention (`--use_causal_attn` is store_true)
+        attention="turn_causal" if a.get("use_causal_attn", False) else "bidirectional",
         backbone="encoder_only" if use_encoder_only else "encoder_decoder",
         head=head,
         diffloss_depth=diff_depth or int(a.get("diffloss_d", 3)),

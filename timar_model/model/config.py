@@ -19,12 +19,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from timar_model.errors import UserError
 from timar_model.motion import FPS, FRAMES_PER_TURN, MOTION_DIM, SAMPLE_RATE
 
 NUM_SPECIAL_TOKENS = 10
 # Fields of earlier versions that no longer exist; their config files still load (the key is ignored).
 # cfg: a classifier-free guidance scale that the sampler never read.
 REMOVED_FIELDS = ("cfg",)
+
+
+class ConfigError(UserError, ValueError):
+    """A model config file that cannot be read: invalid JSON / YAML, unknown keys or invalid values."""
+
+
+# The declared types of the scalar fields (annotations are strings here) -> what a config file may hold.
+_SCALAR_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _is_a(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
 
 _CHOICES = {
     "attention": ("turn_causal", "bidirectional"),
@@ -173,15 +191,32 @@ class TimarConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"TimarConfig.load: no such file {path}")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        is_yaml = path.suffix in (".yaml", ".yml")
+        try:
+            if is_yaml:
+                import yaml
 
-            d = yaml.safe_load(path.read_text())
-        else:
-            d = json.loads(path.read_text())
+                d = yaml.safe_load(path.read_text())
+            else:
+                d = json.loads(path.read_text())
+        except Exception as e:  # invalid JSON (a ValueError), invalid YAML (a yaml.YAMLError), not UTF-8 text
+            if not isinstance(e, ValueError) and not type(e).__module__.startswith("yaml"):
+                raise
+            kind, msg = ("YAML" if is_yaml else "JSON"), " ".join(str(e).split())
+            raise ConfigError(f"{path}: not valid {kind} ({msg}); fix it or copy it again from the model") from e
         if not isinstance(d, dict):
-            raise ValueError(f"TimarConfig.load: {path} does not hold a mapping")
-        return cls.from_dict(d)
+            raise ConfigError(f"TimarConfig.load: {path} does not hold a mapping")
+        for f in dataclasses.fields(cls):
+            expected = _SCALAR_TYPES.get(str(f.type))
+            if expected is not None and f.name in d and not _is_a(d[f.name], expected):
+                raise ConfigError(
+                    f"{path}: {f.name}={d[f.name]!r} is not a {f.type}; fix the value or copy the file again "
+                    "from the model"
+                )
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:  # unknown keys, values of the wrong type or out of range
+            raise ConfigError(f"{path}: {e}; fix the value or copy the file again from the model") from e
 
     def replace(self, **changes: Any) -> TimarConfig:
         return dataclasses.replace(self, **changes)
