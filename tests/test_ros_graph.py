@@ -421,7 +421,8 @@ def test_runner_replays_on_sim_time(tmp_path, ros_domain_id):
 
 @pytest.mark.ros
 @pytest.mark.skipif(not ENV_SH.is_file(), reason="env.sh (venv + ROS 2 + built workspace) not set up")
-def test_runner_pins_a_node_and_stops_it_cleanly(tmp_path, ros_domain_id):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_runner_pins_a_node_and_stops_it_cleanly(tmp_path, ros_domain_id, stop_signal):
     cpu = min(os.sched_getaffinity(0))
     machine = tmp_path / "machine.yaml"
     machine.write_text(yaml.safe_dump({"timar_graph": {"ros__parameters": {"cpu_affinity": {"bag_recorder": [cpu]}}}}))
@@ -442,8 +443,10 @@ def test_runner_pins_a_node_and_stops_it_cleanly(tmp_path, ros_domain_id):
     while not (tmp_path / "logs" / "bag_recorder.log").read_text().count("recording"):
         assert time.monotonic() < deadline, logs_of(tmp_path / "logs")
         time.sleep(0.2)
-    run.send_signal(signal.SIGINT)  # Ctrl-C on the runner alone: it stops its nodes itself
+    run.send_signal(stop_signal)  # Ctrl-C or `kill PID` on the runner alone: it stops its nodes itself
     out, _ = run.communicate(timeout=60)
+    with pytest.raises(ProcessLookupError):  # no orphan: the recorder has exited
+        os.kill(pid, 0)
     assert run.returncode == 0, "".join(lines) + out + logs_of(tmp_path / "logs")
     assert (tmp_path / "bag" / "metadata.yaml").is_file()  # the recorder closed its bag
     assert "closed" in (tmp_path / "logs" / "bag_recorder.log").read_text()

@@ -114,8 +114,19 @@ def supervise(procs: dict[str, subprocess.Popen], wait_for: tuple[str, ...], tim
     return ["timeout"]
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (systemd, `docker stop`, `kill PID`) ends the run like Ctrl-C: the nodes are stopped, not orphaned."""
+
+    def handler(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean stop; a second SIGTERM must not interrupt it
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _stop_on_sigterm()
     try:
         p = build_plan(args)
     except GraphError as e:
