@@ -241,8 +241,9 @@ def test_slow_generation_skips_turns_and_counts_them(model):
     agent.start()
     try:
         gen.gate.clear()
-        feed(agent, audio, motion, t0, range(0, 8))  # 8 turns ready while turn 0 is stuck
-        assert gen.entered.wait(10)
+        feed(agent, audio, motion, t0, range(0, 1))
+        assert gen.entered.wait(10)  # turn 0 is being generated (and stuck)
+        feed(agent, audio, motion, t0, range(1, 8))  # 7 more turns become ready meanwhile
         gen.gate.set()
         wait_for(lambda: len(rec.turns) + agent.counters.turns_skipped == 8)
         c = agent.counters

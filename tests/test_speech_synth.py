@@ -244,6 +244,9 @@ def test_agent_jaw_follows_the_robots_own_speech(ros_domain_id, tmp_path):
 
 # ----------------------------------------------------------------------------- sink speaker: real playback
 @_marks(pytest.mark.slow)
+# real-time playback through a real sound server: on a loaded 2-core machine the server can underrun once;
+# a broken playback path fails every attempt
+@pytest.mark.flaky(reruns=2)
 def test_speaker_plays_agent_audio_at_stamp_plus_delay(ros_domain_id, tmp_path, pulse_null_sink):  # noqa: F811
     node = _start("-m timar_ros.speech_synth --ros-args -p sink:=speaker -p device:=pulse")
     r = _drive("speaker", tmp_path / "result.json", [node])

@@ -52,8 +52,10 @@ diag = node.create_publisher(DiagnosticArray, "/diagnostics", qos.diagnostics())
 if mode == "marker":
     node.create_subscription(MarkerArray, "agent/head_marker", on_markers, qos.frames())
 deadline = time.monotonic() + 60
-while node.count_subscribers("agent/head_motion") < 1 or (mode == "marker"
-                                                          and node.count_publishers("agent/head_marker") < 1):
+# every topic matched before the first message (volatile QoS: an early message would be lost)
+topics = ["agent/head_motion"] if mode == "marker" else [*pubs, *audio, "/diagnostics"]
+while any(node.count_subscribers(t) < 1 for t in topics) or (mode == "marker"
+                                                             and node.count_publishers("agent/head_marker") < 1):
     rclpy.spin_once(node, timeout_sec=0.05)
     if time.monotonic() > deadline:
         sys.exit("the node did not come up")

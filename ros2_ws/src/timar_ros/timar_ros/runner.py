@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,11 +95,16 @@ def stop(procs: dict[str, subprocess.Popen], grace: float = 8.0) -> None:
             p.wait()
 
 
+STOP = threading.Event()  # set by SIGINT / SIGTERM (see _stop_on_signals)
+
+
 def supervise(procs: dict[str, subprocess.Popen], wait_for: tuple[str, ...], timeout: float) -> list[str]:
     """Wait for the end of the run; the nodes that failed ("timeout" when it passed)."""
     t_end = time.monotonic() + timeout if timeout > 0 else float("inf")
     failed: list[str] = []
     while time.monotonic() < t_end:
+        if STOP.is_set():
+            return failed
         for n, p in procs.items():
             if p.poll() is not None and p.returncode != 0 and n not in failed:
                 failed.append(n)
@@ -114,19 +120,18 @@ def supervise(procs: dict[str, subprocess.Popen], wait_for: tuple[str, ...], tim
     return ["timeout"]
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (systemd, `docker stop`, `kill PID`) ends the run like Ctrl-C: the nodes are stopped, not orphaned."""
-
-    def handler(signum, frame) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean stop; a second SIGTERM must not interrupt it
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
+def _stop_on_signals() -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (systemd, `docker stop`, `kill PID`) end the run: the nodes are stopped, not
+    orphaned. The handler only sets STOP, which the supervision loop checks every 0.1 s (an exception raised
+    from a handler can land inside subprocess's waitpid lock and deadlock the stop). Installed explicitly: a
+    process started in the background by a non-interactive shell inherits SIGINT ignored."""
+    signal.signal(signal.SIGINT, lambda signum, frame: STOP.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _stop_on_sigterm()
+    _stop_on_signals()
     try:
         p = build_plan(args)
     except GraphError as e:

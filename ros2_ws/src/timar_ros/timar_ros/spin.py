@@ -1,14 +1,17 @@
 """One `main()` for every timar node: init, build, spin until done, SIGINT or SIGTERM, clean up, shut down.
 
 SIGINT (Ctrl-C) and SIGTERM (systemd, `docker stop`, a process manager) are handled here, in Python, the
-same way: the executor spins in short slices, so the handler runs within one slice and the node is cleaned up
-(its `on_exit`: devices closed, bags finished) before rclpy shuts down. rclpy's own handlers are not
-installed: with them, a SIGTERM to a node waiting in the executor was occasionally not acted on at all.
+same way: the handler sets a flag and the executor spins in short slices, so the loop sees it within one slice
+and the node is cleaned up (its `on_exit`: devices closed, bags finished) before rclpy shuts down. rclpy's
+own handlers are not installed: with them, a SIGTERM to a node waiting in the executor was occasionally not
+acted on at all. Installed explicitly, also when the process inherited SIGINT ignored (started in the
+background by a non-interactive shell).
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 
 import rclpy
@@ -20,18 +23,13 @@ from rclpy.signals import SignalHandlerOptions
 SPIN_SLICE = 0.1  # s; the longest a stop signal waits to be acted on
 
 
-class StopRequested(Exception):
-    """Raised in the main thread by the SIGINT / SIGTERM handler."""
+STOP = threading.Event()  # set by SIGINT / SIGTERM
 
 
 def _install_stop_handlers() -> None:
-    def handler(signum, frame) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise StopRequested(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    # only a flag: an exception raised from a handler could land inside a lock held by rclpy or the node
+    signal.signal(signal.SIGINT, lambda signum, frame: STOP.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
 
 def run_node(
@@ -56,9 +54,9 @@ def run_node(
             on_start(node)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok() and (until is None or not until(node)):
+        while rclpy.ok() and not STOP.is_set() and (until is None or not until(node)):
             executor.spin_once(timeout_sec=SPIN_SLICE)
-    except (StopRequested, KeyboardInterrupt, ExternalShutdownException):
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except fatal as e:
         print(f"{getattr(node, 'get_name', lambda: 'timar node')()}: {e}")
