@@ -90,7 +90,7 @@ def test_absent_agent_audio_is_silence_when_not_expected():
 
 def test_gap_is_silence_and_counted_then_deadline_emits_with_hold_last():
     user, _, motion = _signals(3)
-    asm = TurnAssembler(AssemblerConfig(deadline=0.2))
+    asm = TurnAssembler(AssemblerConfig(deadline=0.2, motion_hold=2.0))  # held for the whole test
     asm.add_user_audio(T0, user[:8000])
     asm.add_user_audio(T0 + 12000 / SR, user[12000:SR + 4000])  # 0.25 s gap inside turn 0
     _feed_motion(asm, motion, frames=range(0, 10))  # motion stops at frame 9
@@ -244,3 +244,25 @@ def test_agent_audio_after_a_long_silence_does_not_reset_the_timeline():
         asm.poll()
     assert asm.epoch == 0 and asm.counters.clock_jumps == 0
     assert asm.next_index == 30
+
+
+def test_lost_partner_motion_is_held_then_eased_to_neutral():
+    cfg = AssemblerConfig(expect_user_motion=False, motion_hold=1.0, motion_ease=1.0)
+    asm = TurnAssembler(cfg)
+    pose = np.full(56, 0.5, np.float32)
+    for f in range(25):  # the tracker sees the partner during turn 0 only
+        asm.add_user_motion(10.0 + f / 25, pose)
+    for k in range(5):
+        asm.add_user_audio(10.0 + k, np.zeros(16000, np.float32))
+    turns = asm.poll()
+    assert [t.index for t in turns] == [0, 1, 2, 3, 4]
+    m = np.concatenate([t.user_motion for t in turns])  # (125, 56)
+    level = m[:, 0] / 0.5
+    np.testing.assert_allclose(level[:50], 1.0)  # seen, then held for 1 s
+    np.testing.assert_allclose(np.diff(level[49:75]), -1.0 / 25, atol=1e-6)  # eased linearly over 1 s ...
+    np.testing.assert_allclose(m[74:], 0.0)  # ... and neutral until the partner is seen again
+    assert asm.counters.held_motion_frames == 100 and asm.counters.eased_motion_frames == 75
+    for f in range(125, 150):  # seen again: real frames at once
+        asm.add_user_motion(10.0 + f / 25, 2 * pose)
+    asm.add_user_audio(15.0, np.zeros(16000, np.float32))
+    np.testing.assert_allclose(asm.poll()[0].user_motion, 1.0)

@@ -66,6 +66,8 @@ class LiveConfig:
     expect_agent_audio: bool = False  # wait for agent audio to cover each turn (else absent = silence)
     expect_user_motion: bool = True  # wait for user motion to cover each turn (else hold the last frame)
     idle_timeout: float = 3.0  # s; no deadline turns once user input stopped this long ago
+    motion_hold: float = AssemblerConfig.motion_hold  # s; lost partner motion: hold the last frame this long ...
+    motion_ease: float = AssemblerConfig.motion_ease  # s; ... then ease to neutral over this long
     max_waiting_turns: int = 2  # turns waiting beyond this are skipped, oldest first
     inference_cpu: int = -1  # pin the worker thread to this CPU (-1: no pinning)
     stop_timeout: float = 30.0  # s to wait for a generation step in progress when stopping
@@ -144,6 +146,8 @@ class LiveAgent:
                 expect_agent_audio=cfg.expect_agent_audio,
                 expect_user_motion=cfg.expect_user_motion,
                 idle_timeout=cfg.idle_timeout,
+                motion_hold=cfg.motion_hold,
+                motion_ease=cfg.motion_ease,
             )
         )
         self.player = MotionPlayer(

@@ -8,6 +8,9 @@ A turn is emitted (in order, each exactly once) when
   - both audio streams and the user motion cover its end (streams declared absent are not waited for), or
   - `poll(now)` is called with now >= turn end + deadline (missing audio -> silence, missing motion -> the
     last frame is held; both counted).
+Lost partner motion (no tracker data): the last frame is held for `motion_hold` s, then eased linearly to the
+neutral frame (zeros) over `motion_ease` s, and stays neutral until frames come again (counted in
+`held_motion_frames` and `eased_motion_frames`; a robot does not stare at a pose the partner left long ago).
 Data for an already emitted turn is dropped and counted ("late"). A stamp jumping backwards by more than
 `max_jump_back` s or forwards by more than `max_jump_forward` s on a user stream resets the timeline (the
 `epoch` of later turns increases; the model's context should be reset with it).
@@ -46,12 +49,16 @@ class AssemblerConfig:
     max_jump_forward: float = 10.0  # s; larger forward stamp jumps reset the timeline
     max_buffered_turns: int = 16  # data further ahead than this many turns is dropped (memory bound)
     idle_timeout: float = 3.0  # s; no deadline emission for turns ending this long after the last user data
+    motion_hold: float = 1.0  # s; missing partner motion holds the last frame this long ...
+    motion_ease: float = 1.0  # s; ... then eases to the neutral frame over this long
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.fps <= 0 or self.turn_seconds <= 0:
             raise ValueError("AssemblerConfig: sample_rate, fps and turn_seconds must be positive")
         if self.deadline < 0 or self.jitter_tolerance < 0:
             raise ValueError("AssemblerConfig: deadline and jitter_tolerance must be >= 0")
+        if self.motion_hold < 0 or self.motion_ease <= 0:
+            raise ValueError("AssemblerConfig: motion_hold must be >= 0 and motion_ease > 0")
         if self.max_buffered_turns < 1:
             raise ValueError("AssemblerConfig: max_buffered_turns must be >= 1")
 
@@ -82,7 +89,8 @@ class AssemblerCounters:
     complete_turns: int = 0
     deadline_turns: int = 0
     silence_filled_samples: int = 0
-    held_motion_frames: int = 0
+    held_motion_frames: int = 0  # missing partner frames filled (held or eased)
+    eased_motion_frames: int = 0  # of those, frames past motion_hold (eased towards or at neutral)
 
 
 @dataclass
@@ -153,6 +161,7 @@ class TurnAssembler:
         self._aa: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._um: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._last_motion = np.zeros(MOTION_DIM, dtype=np.float32)  # held frame (neutral before any data)
+        self._last_motion_frame: int | None = None  # timeline frame index of the last real partner frame
         self._pending_agent: list[tuple[float, np.ndarray]] = []  # agent audio before the origin exists
         self._last_user_time: float | None = None  # end time of the latest user data (for idle_timeout)
 
@@ -362,10 +371,16 @@ class TurnAssembler:
         aa, aa_mask = self._aa.pop(k, (np.zeros(spt, np.float32), np.zeros(spt, bool)))
         um, um_mask = self._um.pop(k, (np.zeros((fpt, MOTION_DIM), np.float32), np.zeros(fpt, bool)))
         motion = np.empty((fpt, MOTION_DIM), np.float32)
-        for i in range(fpt):  # hold the last frame where a frame is missing
+        hold, ease = cfg.motion_hold * cfg.fps, cfg.motion_ease * cfg.fps  # in frames
+        for i in range(fpt):  # a missing frame: hold the last one, then ease to neutral
             if um_mask[i]:
-                self._last_motion = um[i]
-            motion[i] = self._last_motion
+                self._last_motion, self._last_motion_frame = um[i], k * fpt + i
+                motion[i] = um[i]
+                continue
+            age = k * fpt + i - (self._last_motion_frame if self._last_motion_frame is not None else -1)
+            w = min(1.0, max(0.0, (age - hold) / ease))
+            motion[i] = (1.0 - w) * self._last_motion
+            self.counters.eased_motion_frames += int(w > 0.0)
         stats = TurnStats(
             reason=reason,
             user_audio_missing=int(spt - ua_mask.sum()),
