@@ -328,6 +328,19 @@ def evaluate(data: BagData, output_delay: float | None = None, late_tolerance: f
     return report
 
 
+def _save_figure(fig, title: str, out: str | os.PathLike) -> Path:
+    """Title, lay out, write `out` (PNG, folders created) and close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def plot(data: BagData, output_delay: float, out: str | os.PathLike) -> Path:
     """Predicted vs ground-truth jaw opening and head rotation over time (PNG)."""
     import matplotlib
@@ -347,13 +360,7 @@ def plot(data: BagData, output_delay: float, out: str | os.PathLike) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("conversation time (s)")
-    fig.suptitle("timar agent motion vs ground truth")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, "timar agent motion vs ground truth", out)
 
 
 def format_report(r: dict) -> str:
@@ -810,10 +817,4 @@ def plot_speech(speech: SpeechData, data: BagData, report: dict, out: str | os.P
     axes[2].set_ylabel("correlation", fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle("timar talk: the robot's voice and jaw")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, "timar talk: the robot's voice and jaw", out)
