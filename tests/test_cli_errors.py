@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_checkpoint import tiny_small  # the same tiny model as the checkpoint tests
 
 from timar_model import cli
 from timar_model.eval import metrics as M
@@ -23,26 +24,10 @@ from timar_model.model.timar import TIMAR
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "timar_tiny"
 
 
-def tiny_config(**kw):
-    return get_preset(
-        "small",
-        width=64,
-        token_dim=64,
-        speech_dim=32,
-        depth=2,
-        num_heads=2,
-        diffloss_width=64,
-        diffloss_depth=1,
-        logmel_channels=32,
-        context_turns=2,
-        **kw,
-    )
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return save_pretrained(TIMAR(tiny_config()).eval(), tmp_path_factory.mktemp("ckpt") / "m")
+    return save_pretrained(TIMAR(tiny_small()).eval(), tmp_path_factory.mktemp("ckpt") / "m")
 
 
 def copy_model(src: Path, dst: Path) -> Path:
