@@ -117,7 +117,7 @@ def _start(cmd: str, env: dict) -> subprocess.Popen:
 def test_head_bridge_and_sim_head(ros_domain_id, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     (tmp_path / "driver.py").write_text(DRIVER)
-    bridge = _start("python -m timar_ros.head_bridge", env)
+    bridge = _start("python -m timar_ros.head_bridge --ros-args -p watchdog_timeout:=60.0", env)  # test_watchdog.py
     sim = _start("python -m timar_ros.sim_head --ros-args -p rate:=100.0 -p bandwidth:=12.0", env)
     try:
         driver = subprocess.run(["bash", "-c", f"source {ENV_SH} && exec python {tmp_path / 'driver.py'} "

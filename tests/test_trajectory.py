@@ -126,9 +126,19 @@ def test_gap_restarts_from_rest_and_epoch_alone_does_not():
     assert np.all(c.velocities[0] == 0) and np.all(c.accelerations[0] == 0)
     check_limits(c.positions, DT, p_before=None)  # from rest: the first step is at most amax dt^2
     check_points(c)
-    d = planner.plan(random_turn(rng), start=5.5, fps=FPS)  # overlaps c: starts from c's last point, at rest
-    assert not d.continuous and planner.discontinuities == 2 and d.first_new == 0
-    assert np.all(np.abs(d.positions[0] - c.positions[-1]) <= AMAX * DT * DT * (1 + 1e-9))
+    # d overlaps c: c is cut at its last point before d's start and d continues from the limiter's state there
+    # (what a controller splicing d in at 5.5 s is doing then)
+    d = planner.plan(random_turn(rng), start=5.5, fps=FPS)
+    assert d.continuous and planner.discontinuities == 1 and planner.rewinds == 1 and d.first_new == 0
+    cut = c.times < 5.5 - DT / 2  # c's grid is 5.0 + k DT: its last point before d is at 5.44 (a 0.06 s gap)
+    t = np.concatenate([c.times[cut], d.times])
+    p = np.concatenate([c.positions[cut], d.positions])
+    v = np.diff(p, axis=0) / np.diff(t)[:, None]  # the limiter steps with the actual spacing
+    assert np.all(np.abs(v) <= VMAX * (1 + 1e-9))
+    assert np.all(np.abs(np.diff(v, axis=0)) / np.diff(t)[1:, None] <= AMAX * (1 + 1e-6))
+    e = planner.plan(random_turn(rng), start=2.0, fps=FPS)  # before every point of d: restart at rest
+    assert not e.continuous and planner.discontinuities == 2 and planner.rewinds == 1
+    assert np.all(np.abs(e.positions[0] - d.positions[-1]) <= AMAX * DT * DT * (1 + 1e-9))
 
 
 def test_nan_frames_hold_and_are_counted():

@@ -178,8 +178,11 @@ def test_clock_jump_resets_timeline(jump):
     assert t.epoch == 0
     asm.add_user_audio(T0 + 1.0, user[SR : SR + 4000])
     t_new = T0 + 1.25 + jump
-    asm.add_user_audio(t_new, user[: 2 * SR])
-    assert asm.counters.clock_jumps == 1
+    asm.add_user_audio(t_new, user[:1600])
+    assert asm.counters.clock_jumps == 0 and asm.epoch == 0  # one message is no jump yet: held
+    for a in range(1600, 2 * SR, 1600):  # the next one, which fits the first, confirms it
+        asm.add_user_audio(t_new + a / SR, user[a : a + 1600])
+    assert asm.counters.clock_jumps == 1 and asm.counters.outlier_stamps == 0
     assert asm.origin == pytest.approx(t_new)
     turns = asm.poll()
     assert [(x.index, x.epoch) for x in turns] == [(0, 1), (1, 1)]

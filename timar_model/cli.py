@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("timar_model.eval.evaluate", "streaming generation + DualTalk metrics on a data split"),
     "metrics": ("timar_model.eval.metrics_cli", "DualTalk metrics for predictions made by any system"),
     "eval-bag": ("timar_model.eval.bag_eval", "latency, frame regularity and metrics from a recorded MCAP bag"),
+    "boundary": ("timar_model.eval.boundary", "turn-boundary jumps vs steps inside turns: raw model and head bridge"),
     "sweep": ("timar_model.eval.sweep", "evaluate a model at each sampling temperature and noise correlation"),
     "results-table": ("timar_model.eval.results_table", "Markdown result tables from `timar eval` outputs"),
     "jaw-budget": ("timar_model.eval.jaw_budget", "where a model's MSE-jaw comes from (regression vs sampling)"),

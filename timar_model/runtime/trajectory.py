@@ -3,7 +3,9 @@
 - `TrajectoryPlanner`: one generated turn of FLAME motion (F, 56), shown from a first display time at `fps`,
   -> a `PlannedTrajectory` of joint positions, velocities and accelerations at those display times, through
   `HeadJointMapper` and one `RateLimiter` whose state is kept from turn to turn, so consecutive turns join
-  within the position, velocity and acceleration limits.
+  within the position, velocity and acceleration limits. `plan_neutral` eases the head from its last
+  commanded position to the neutral pose within the same limits (the head bridge's watchdog, when the agent
+  stops sending turns).
 - `TrajectoryFollower`: the sampling semantics of a joint_trajectory_controller (ros2_control): a new
   trajectory replaces the rest of the old one from its start time on, points already due at receipt are
   dropped, the reference is interpolated between points (cubic Hermite with velocities, else linear) and held
@@ -48,6 +50,7 @@ class PlannedTrajectory:
     first_new: int  # index of this turn's frames[0]
     continuous: bool  # this turn continues the previous one (limiter velocity carried over)
     nan_frames: int  # frames of this turn whose joint targets were not finite (the limiter held them)
+    limiter_velocities: np.ndarray | None = None  # (N, J) the limiter's backward differences (its state)
 
     @property
     def start(self) -> float:
@@ -71,6 +74,11 @@ class TrajectoryPlanner:
     `discontinuities`). Epoch changes (timeline resets of the agent) are counted; continuity is decided by
     time alone, because the head moves continuously in time whatever the agent's timeline does.
 
+    A turn that starts before the previous plan's last point (the agent back while the watchdog's ease to
+    neutral is still under way, or any overlap) cuts the previous plan at its last point before the new start
+    and continues from the limiter's state there (what a controller that splices the new trajectory in is
+    doing at that time); with no point of the previous plan before the new start, it restarts at rest.
+
     Published velocities are the mean of the limiter's backward differences on both sides of a point (the
     tangent of a Catmull-Rom spline through the points; the last point of a plan has its backward difference
     until the next turn extends it), accelerations the second difference, so a cubic or quintic spline
@@ -87,6 +95,8 @@ class TrajectoryPlanner:
         self.nan_frames = 0
         self.discontinuities = 0
         self.epoch_changes = 0
+        self.rewinds = 0  # plans that started before the previous plan's end (cut there)
+        self.neutral_plans = 0
         self._plan: PlannedTrajectory | None = None
         self._epoch: int | None = None
 
@@ -119,22 +129,92 @@ class TrajectoryPlanner:
         m = np.asarray(motion, dtype=np.float64)
         if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] != MOTION_DIM:
             raise ValueError(f"plan: expected (F >= 1, {MOTION_DIM}) motion, got {m.shape}")
+        self._check_time(start, fps)
+        with np.errstate(invalid="ignore"):  # NaN stays NaN and the limiter holds the last target
+            targets = self.mapper.targets(m)  # (F, J)
+        if self._plan is not None and self._epoch is not None and epoch != self._epoch:
+            self.epoch_changes += 1
+        self._epoch = epoch
+        plan = self._plan_targets(targets, start, fps, now)
+        self.turns += 1
+        self.nan_frames += plan.nan_frames
+        return plan
+
+    @staticmethod
+    def _check_time(start: float, fps: float) -> None:
         if not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"plan: fps must be a positive finite number, got {fps}")
         if not math.isfinite(start):
             raise ValueError(f"plan: start must be finite, got {start}")
-        dt = 1.0 / fps
-        n = m.shape[0]
-        with np.errstate(invalid="ignore"):  # NaN stays NaN and the limiter holds the last target
-            targets = self.mapper.targets(m)  # (F, J)
-        nan_frames = int((~np.isfinite(targets).all(axis=1)).sum())
+
+    def neutral_position(self) -> np.ndarray:
+        """(J,) joint positions of the neutral motion frame (zeros: no expression, jaw closed, head straight),
+        within the position limits."""
+        return np.clip(self.mapper.targets(np.zeros(MOTION_DIM)), self.limiter.lower, self.limiter.upper)
+
+    def plan_neutral(self, start: float, fps: float, ease: float, now: float | None = None,
+                     settle: float = 2.0) -> PlannedTrajectory | None:
+        """From the last commanded position (at rest: a controller holds the end of a finished trajectory)
+        to the neutral position: targets eased linearly over `ease` s (turns.hold_then_ease, the easing of lost
+        motion), through the limiter, then held at neutral until the limiter is at rest there (at most `settle`
+        s more). Points at start + i / fps. None before any turn (nothing to ease from)."""
+        self._check_time(start, fps)
+        if not (math.isfinite(ease) and ease > 0):
+            raise ValueError(f"plan_neutral: ease must be > 0 s, got {ease}")
+        if self.limiter.state is None:
+            return None
+        from timar_model.runtime.turns import hold_then_ease
+
+        neutral = self.neutral_position()
+        here = self.limiter.state.position.copy()
+        if self._plan is not None and start > float(self._plan.times[-1]):
+            self.limiter.reset(here)  # the controller is at rest at the end of the last trajectory
+        e = max(1, math.ceil(ease * fps))
+        targets = hold_then_ease(here, np.arange(1, e + 1), 0.0, e, neutral)
+        probe = RateLimiter(self.mapper.limits)  # how long the limiter needs to come to rest at neutral
+        probe.reset(here)
+        n = e
+        for i in range(e + math.ceil(settle * fps)):
+            st = probe.step(targets[i] if i < e else neutral, 1.0 / fps)
+            n = i + 1
+            if i >= e - 1 and np.allclose(st.position, neutral, atol=1e-9) and np.allclose(st.velocity, 0, atol=1e-9):
+                break
+        targets = np.concatenate([targets, np.tile(neutral, (max(0, n - e), 1))])[:n]
+        plan = self._plan_targets(targets, start, fps, now)
+        self.neutral_plans += 1
+        return plan
+
+    def _rewind(self, start: float, dt: float) -> None:
+        """The previous plan reaches to or beyond `start`: cut it at its last point before start - dt / 2 and put
+        the limiter back in its state there; with no such point, leave everything (restart at rest)."""
         prev = self._plan
-        if prev is not None and self._epoch is not None and epoch != self._epoch:
-            self.epoch_changes += 1
-        self._epoch = epoch
+        assert prev is not None
+        k = int(np.searchsorted(prev.times, start - dt / 2, side="left")) - 1
+        if k < 0 or prev.limiter_velocities is None:
+            return
+        self.rewinds += 1
+        self._plan = PlannedTrajectory(
+            names=prev.names, times=prev.times[: k + 1], positions=prev.positions[: k + 1],
+            velocities=prev.velocities[: k + 1], accelerations=prev.accelerations[: k + 1],
+            frames=prev.frames[: k + 1], first_new=min(prev.first_new, k + 1), continuous=prev.continuous,
+            nan_frames=prev.nan_frames, limiter_velocities=prev.limiter_velocities[: k + 1],
+        )
+        self.limiter.reset(prev.positions[k])
+        assert self.limiter.state is not None
+        self.limiter.state.velocity = prev.limiter_velocities[k].copy()
+
+    def _plan_targets(self, targets: np.ndarray, start: float, fps: float,
+                      now: float | None) -> PlannedTrajectory:
+        """Joint targets (F, J) shown at start + i / fps -> the limited plan (see the class doc)."""
+        dt = 1.0 / fps
+        n = targets.shape[0]
+        nan_frames = int((~np.isfinite(targets).all(axis=1)).sum())
+        if self._plan is not None and start <= float(self._plan.times[-1]):
+            self._rewind(start, dt)
+        prev = self._plan
         gap = start - float(prev.times[-1]) if prev is not None else math.nan
         continuous = prev is not None and 0.0 < gap <= self.max_gap
-        prefix: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, bool]] = []
+        prefix: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray]] = []
         dts = np.full(n, dt)
         if continuous:
             assert prev is not None and self.limiter.state is not None
@@ -147,7 +227,7 @@ class TrajectoryPlanner:
             t_hold = start - dt
             if t_hold > float(prev.times[-1]) and (now is None or t_hold > now + dt / 2):
                 z = np.zeros_like(hold)
-                prefix.append((t_hold, hold, z, z, False))
+                prefix.append((t_hold, hold, z, z, False, z))
         P = np.empty_like(targets)
         B = np.empty_like(targets)  # backward-difference velocities (the limiter's)
         A = np.empty_like(targets)  # backward-difference accelerations
@@ -161,26 +241,30 @@ class TrajectoryPlanner:
         if continuous and now is not None:
             assert prev is not None
             keep = np.nonzero(prev.times > now + dt / 2)[0]
+            prev_b = prev.limiter_velocities if prev.limiter_velocities is not None else prev.velocities
             for k in keep:
                 v, a = prev.velocities[k], prev.accelerations[k]
                 if k == prev.times.size - 1:  # no longer the last point: its tangent now sees this turn
                     v, a = (last_b + B[0]) / 2, A[0]
-                prefix.append((float(prev.times[k]), prev.positions[k], v, a, bool(prev.frames[k])))
+                prefix.append((float(prev.times[k]), prev.positions[k], v, a, bool(prev.frames[k]), prev_b[k]))
         times = start + np.arange(n) * dt
+
+        def column(i: int, new: np.ndarray) -> np.ndarray:
+            return np.concatenate([np.stack([p[i] for p in prefix]), new]) if prefix else new
+
         plan = PlannedTrajectory(
             names=self.names,
             times=np.concatenate([[p[0] for p in prefix], times]),
-            positions=np.concatenate([np.stack([p[1] for p in prefix]), P]) if prefix else P,
-            velocities=np.concatenate([np.stack([p[2] for p in prefix]), V]) if prefix else V,
-            accelerations=np.concatenate([np.stack([p[3] for p in prefix]), Acc]) if prefix else Acc,
+            positions=column(1, P),
+            velocities=column(2, V),
+            accelerations=column(3, Acc),
             frames=np.concatenate([[p[4] for p in prefix], np.ones(n, bool)]).astype(bool),
             first_new=len(prefix),
             continuous=continuous,
             nan_frames=nan_frames,
+            limiter_velocities=column(5, B),
         )
         self._plan = plan
-        self.turns += 1
-        self.nan_frames += nan_frames
         return plan
 
 

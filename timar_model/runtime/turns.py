@@ -11,9 +11,20 @@ A turn is emitted (in order, each exactly once) when
 Lost partner motion (no tracker data): the last frame is held for `motion_hold` s, then eased linearly to the
 neutral frame (zeros) over `motion_ease` s, and stays neutral until frames come again (counted in
 `held_motion_frames` and `eased_motion_frames`; a robot does not stare at a pose the partner left long ago).
-Data for an already emitted turn is dropped and counted ("late"). A stamp jumping backwards by more than
-`max_jump_back` s or forwards by more than `max_jump_forward` s on a user stream resets the timeline (the
-`epoch` of later turns increases; the model's context should be reset with it).
+Data for an already emitted turn is dropped and counted ("late").
+Stamps: a user message stamped more than `max_jump_back` s before its stream's previous one (or, for a stream's
+first message on a timeline, before the other user stream's), or more than `max_jump_forward` s after the newest
+user stamp, does not fit the timeline. It is held as a jump candidate; `jump_confirm` candidates that fit each
+other confirm a clock jump (a bag replayed again, sim time restarted): the timeline is reset (the `epoch` of later
+turns increases; the model's context should be reset with it) and the candidates are replayed into the new one.
+A candidate followed by a message of its own stream that fits the current timeline was an outlier (a single
+far-future or far-past stamp): dropped and counted (`outlier_stamps`), the timeline goes on untouched. After a
+jump, messages stamped near where the old timeline ended (within max_jump_back) and not near the new one are
+still in flight from before it: dropped and counted the same way (not taken for a jump back).
+Audio is sanitised first (`sanitize_audio`): NaN/Inf samples -> 0, samples beyond [-1, 1] clipped, channels
+downmixed, any rate in AUDIO_RATE_RANGE resampled; a chunk that cannot be used (empty, no finite sample, length
+not a multiple of the channels, bad channel count or rate, longer than the buffered window) is dropped. Each
+kind is counted per stream (`audio_faults`) and reported through `on_note(kind, text)`.
 Memory is bounded: buffers exist only for turns in [next turn, next turn + max_buffered_turns).
 
 `MotionPlayer` turns a generated turn into display-stamped frames: frame i of a turn that starts at
@@ -22,8 +33,9 @@ Memory is bounded: buffers exist only for turns in [next turn, next turn + max_b
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from math import gcd
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -47,6 +59,7 @@ class AssemblerConfig:
     jitter_tolerance: float = 0.005  # s; an audio chunk starting this close to the previous end is contiguous
     max_jump_back: float = 1.0  # s; larger backward stamp jumps reset the timeline
     max_jump_forward: float = 10.0  # s; larger forward stamp jumps reset the timeline
+    jump_confirm: int = 2  # messages that fit each other (and not the timeline) confirm a clock jump
     max_buffered_turns: int = 16  # data further ahead than this many turns is dropped (memory bound)
     idle_timeout: float = 3.0  # s; no deadline emission for turns ending this long after the last user data
     motion_hold: float = 1.0  # s; missing partner motion holds the last frame this long ...
@@ -61,6 +74,8 @@ class AssemblerConfig:
             raise ValueError("AssemblerConfig: motion_hold must be >= 0 and motion_ease > 0")
         if self.max_buffered_turns < 1:
             raise ValueError("AssemblerConfig: max_buffered_turns must be >= 1")
+        if self.jump_confirm < 1 or self.max_jump_back < 0 or self.max_jump_forward < 0:
+            raise ValueError("AssemblerConfig: jump_confirm must be >= 1, max_jump_back/forward >= 0")
 
     @property
     def samples_per_turn(self) -> int:
@@ -84,8 +99,9 @@ class AssemblerCounters:
     late_drops: int = 0  # chunks/frames (partly) for turns already emitted
     too_far_ahead: int = 0  # chunks/frames (partly) beyond the buffered window
     resampled_chunks: int = 0
-    clock_jumps: int = 0
-    rejected: int = 0  # malformed input (wrong shape, non-finite values, bad rate/channels)
+    clock_jumps: int = 0  # confirmed stamp jumps: timeline resets
+    outlier_stamps: int = 0  # messages whose stamps fitted neither the timeline nor a confirmed jump: dropped
+    rejected: int = 0  # malformed input that was dropped (audio: see audio_faults; motion: wrong size, NaN)
     complete_turns: int = 0
     deadline_turns: int = 0
     silence_filled_samples: int = 0
@@ -113,25 +129,130 @@ class Turn:
 
 
 class InputError(ValueError):
-    """A malformed chunk or frame (it is counted in `counters.rejected` and not used)."""
+    """A malformed chunk or frame (it is counted in `counters.rejected` and not used). `kind`: an AUDIO_FAULTS
+    key for audio, "motion" for a partner frame."""
+
+    def __init__(self, message: str, kind: str = "malformed") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# ---------------------------------------------------------------- audio sanitising
+AUDIO_RATE_RANGE = (8000, 192000)  # Hz a chunk may have (below: the front-end's band is empty; above: no device)
+MAX_RESAMPLE_TERMS = 1000  # the resampling ratio up/down uses terms up to this; odd rates are approximated
+
+# kind -> what happens to the chunk; the first four repair it, the others drop it
+AUDIO_FAULTS: dict[str, str] = {
+    "nonfinite": "NaN/Inf samples set to 0",
+    "clipped": "samples beyond [-1, 1] clipped",
+    "multichannel": "channels downmixed to mono",
+    "rate_changed": "sample rate changed within the stream (each chunk is resampled from its own rate)",
+    "empty": "chunk without samples dropped",
+    "all_nonfinite": "chunk without one finite sample dropped",
+    "misaligned": "chunk whose length is not a multiple of its channel count dropped",
+    "bad_channels": "chunk with a channel count < 1 dropped",
+    "bad_rate": f"chunk with a sample rate outside [{AUDIO_RATE_RANGE[0]}, {AUDIO_RATE_RANGE[1]}] Hz dropped",
+    "too_long": "chunk longer than the buffered window dropped",
+    "bad_stamp": "chunk with a non-finite stamp dropped",
+}
+
+
+@dataclass
+class AudioFaultCounters:
+    """Chunks of one audio stream per AUDIO_FAULTS kind (a chunk may count under several repair kinds)."""
+
+    nonfinite: int = 0
+    clipped: int = 0
+    multichannel: int = 0
+    rate_changed: int = 0
+    empty: int = 0
+    all_nonfinite: int = 0
+    misaligned: int = 0
+    bad_channels: int = 0
+    bad_rate: int = 0
+    too_long: int = 0
+    bad_stamp: int = 0
+
+
+assert [f.name for f in fields(AudioFaultCounters)] == list(AUDIO_FAULTS)
+
+
+def resample(x: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Polyphase resampling of mono float32 samples; a ratio with terms beyond MAX_RESAMPLE_TERMS (an odd rate
+    such as 44099 Hz) is approximated by the nearest one within them (relative error < 1e-6), which keeps the
+    filter short."""
+    if sample_rate == target_rate:
+        return x.astype(np.float32, copy=False)
+    r = Fraction(int(target_rate), int(sample_rate))
+    if max(r.numerator, r.denominator) > MAX_RESAMPLE_TERMS:
+        r = r.limit_denominator(MAX_RESAMPLE_TERMS)
+    return resample_poly(x, r.numerator, r.denominator).astype(np.float32)
+
+
+def sanitize_audio(
+    data, sample_rate: int, channels: int, target_rate: int = SAMPLE_RATE, max_seconds: float | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Interleaved samples (N * channels,) at sample_rate -> (mono float32 at target_rate, the repair kinds
+    applied). Raises InputError(kind) for a chunk that cannot be used (see AUDIO_FAULTS)."""
+    if int(channels) < 1:
+        raise InputError(f"audio chunk: channels must be >= 1, got {channels}", "bad_channels")
+    lo, hi = AUDIO_RATE_RANGE
+    if not lo <= sample_rate <= hi:
+        raise InputError(f"audio chunk: sample_rate {sample_rate} Hz outside [{lo}, {hi}]", "bad_rate")
+    raw = np.asarray(data).reshape(-1)
+    if raw.size == 0:
+        raise InputError("audio chunk: no samples", "empty")
+    if max_seconds is not None and raw.size > max_seconds * sample_rate * channels:
+        raise InputError(f"audio chunk: {raw.size / (sample_rate * channels):.1f} s is longer than the "
+                         f"{max_seconds:g} s buffered", "too_long")
+    if raw.size % channels:
+        raise InputError(f"audio chunk: {raw.size} samples is not a multiple of channels={channels}", "misaligned")
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range becomes inf, then 0
+        x = raw.astype(np.float32)
+    kinds: list[str] = []
+    finite = np.isfinite(x)
+    if not finite.all():
+        if not finite.any():
+            raise InputError("audio chunk: contains no finite sample (NaN or infinite)", "all_nonfinite")
+        x = np.where(finite, x, np.float32(0.0))
+        kinds.append("nonfinite")
+    if np.abs(x).max() > 1.0:
+        x = np.clip(x, -1.0, 1.0)
+        kinds.append("clipped")
+    if channels > 1:
+        x = x.reshape(-1, channels).mean(axis=1)
+        kinds.append("multichannel")
+    return resample(x, int(sample_rate), target_rate), kinds
 
 
 def to_mono_16k(data: np.ndarray, sample_rate: int, channels: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Interleaved samples (N * channels,) at sample_rate -> mono float32 at target_rate."""
+    """Interleaved samples (N * channels,) at sample_rate -> mono float32 at target_rate; strict: any chunk
+    that is not clean (non-finite, bad rate or channel count) raises InputError."""
     if channels < 1:
-        raise InputError(f"audio chunk: channels must be >= 1, got {channels}")
+        raise InputError(f"audio chunk: channels must be >= 1, got {channels}", "bad_channels")
     if sample_rate <= 0:
-        raise InputError(f"audio chunk: sample_rate must be > 0, got {sample_rate}")
+        raise InputError(f"audio chunk: sample_rate must be > 0, got {sample_rate}", "bad_rate")
     x = np.asarray(data, dtype=np.float32).reshape(-1)
     if x.size % channels:
-        raise InputError(f"audio chunk: {x.size} samples is not a multiple of channels={channels}")
+        raise InputError(f"audio chunk: {x.size} samples is not a multiple of channels={channels}", "misaligned")
     if not np.all(np.isfinite(x)):
-        raise InputError("audio chunk: contains NaN or infinite samples")
-    x = x.reshape(-1, channels).mean(axis=1)  # (N,)
-    if sample_rate != target_rate:
-        g = gcd(int(sample_rate), int(target_rate))
-        x = resample_poly(x, target_rate // g, int(sample_rate) // g).astype(np.float32)
-    return x.astype(np.float32, copy=False)
+        raise InputError("audio chunk: contains NaN or infinite samples", "nonfinite")
+    return resample(x.reshape(-1, channels).mean(axis=1), int(sample_rate), target_rate)
+
+
+# ---------------------------------------------------------------- lost motion: hold, then ease to neutral
+def ease_weights(ages, hold: float, ease: float) -> np.ndarray:
+    """Weight of the neutral pose for frames `ages` frames after the last real one: 0 while age <= hold, then
+    linear to 1 at hold + ease (all in frames; ease > 0). The one easing of lost motion: the partner's
+    (assembler), the agent's own after a failed or skipped turn (LiveAgent) and the head bridge's watchdog."""
+    return np.clip((np.asarray(ages, dtype=np.float64) - hold) / ease, 0.0, 1.0)
+
+
+def hold_then_ease(last: np.ndarray, ages, hold: float, ease: float, neutral=0.0) -> np.ndarray:
+    """Frames (len(ages), D): `last` held, then eased linearly to `neutral` (see ease_weights)."""
+    w = ease_weights(ages, hold, ease)[:, None]
+    last = np.asarray(last, dtype=np.float64)[None]
+    return (1.0 - w) * last + w * np.asarray(neutral, dtype=np.float64)
 
 
 class _Stream:
@@ -142,11 +263,25 @@ class _Stream:
         self.last_stamp: float | None = None
 
 
+@dataclass
+class _Candidate:
+    """A message held because its stamp does not fit the timeline (a clock jump until proven an outlier)."""
+
+    stream: str  # "user_audio" | "motion"
+    stamp: float
+    add: Callable[[], None]  # adds the (already validated) message to the timeline
+
+
 class TurnAssembler:
     def __init__(self, config: AssemblerConfig | None = None, origin: float | None = None) -> None:
         self.config = config or AssemblerConfig()
         self.counters = AssemblerCounters()
+        self.audio_faults = {"user": AudioFaultCounters(), "agent": AudioFaultCounters()}
+        self.on_note: Callable[[str, str], None] | None = None  # (kind, text) of every fault and resync
         self.epoch = 0
+        self._rates: dict[str, int] = {}  # audio stream -> sample rate of its last chunk
+        self._candidates: list[_Candidate] = []
+        self._old_frontier: float | None = None  # newest stamp of the timeline before the last confirmed jump
         self._reset_timeline(origin)
 
     # ---------------------------------------------------------------- timeline
@@ -171,8 +306,11 @@ class TurnAssembler:
         self._flush_pending_agent()
 
     def reset(self) -> None:
-        """Forget the timeline (next user data defines a new t0). Starts a new epoch."""
+        """Forget the timeline (next user data defines a new t0) and any held jump candidates. Starts a new
+        epoch."""
         self.epoch += 1
+        self._candidates = []
+        self._old_frontier = None
         self._reset_timeline(None)
 
     def turn_start(self, index: int) -> float:
@@ -184,17 +322,66 @@ class TurnAssembler:
     def buffered_turns(self) -> int:
         return len(set(self._ua) | set(self._aa) | set(self._um))
 
-    def _check_jump(self, stream: _Stream, stamp: float) -> bool:
-        """True (and the timeline is reset) when the stamp jumps beyond the configured bounds."""
-        last = stream.last_stamp
-        if last is not None and (
-            stamp < last - self.config.max_jump_back or stamp > last + self.config.max_jump_forward
+    def _note(self, kind: str, text: str) -> None:
+        if self.on_note is not None:
+            self.on_note(kind, text)
+
+    def frontier(self) -> float | None:
+        """The newest stamp of the user streams on this timeline (None before any)."""
+        stamps = [s.last_stamp for s in (self._user_audio, self._motion) if s.last_stamp is not None]
+        return max(stamps) if stamps else None
+
+    def _fits(self, stamp: float, back_ref: float | None, forward_ref: float | None) -> bool:
+        cfg = self.config
+        if back_ref is not None and stamp < back_ref - cfg.max_jump_back:
+            return False
+        return forward_ref is None or stamp <= forward_ref + cfg.max_jump_forward
+
+    def _admit(self, name: str, stream: _Stream, stamp: float, add: Callable[[], None]) -> None:
+        """Add a user message now if its stamp fits the timeline; else hold it as a jump candidate (see the
+        module doc): `jump_confirm` candidates that fit each other reset the timeline and are replayed."""
+        cfg = self.config
+        frontier = self.frontier()
+        old = self._old_frontier
+        if old is not None and frontier is not None and self.origin is not None and (
+            self.origin < old <= frontier + cfg.max_jump_back  # a jump back, and the new timeline caught up
+            or frontier - self.origin > cfg.max_jump_forward  # long after the jump: nothing left in flight
         ):
-            self.counters.clock_jumps += 1
-            self.epoch += 1
-            self._reset_timeline(None)
-            return True
-        return False
+            old = self._old_frontier = None
+        if old is not None and frontier is not None and abs(stamp - old) <= cfg.max_jump_back \
+                and abs(stamp - frontier) > cfg.max_jump_back:  # still in flight from before the jump
+            self._count_outliers([_Candidate(name, stamp, add)], frontier)
+            return
+        back_ref = stream.last_stamp if stream.last_stamp is not None else self.origin
+        if self._fits(stamp, back_ref, frontier):
+            outliers = [c for c in self._candidates if c.stream == name]
+            if outliers:  # the stream is back on the timeline: its held messages were outliers
+                self._candidates = [c for c in self._candidates if c.stream != name]
+                self._count_outliers(outliers, frontier)
+            add()
+            return
+        held = self._candidates
+        if held and not self._fits(stamp, min(c.stamp for c in held), max(c.stamp for c in held)):
+            self._candidates = []
+            self._count_outliers(held, frontier)
+        self._candidates.append(_Candidate(name, float(stamp), add))
+        if len(self._candidates) < self.config.jump_confirm:
+            return
+        held, self._candidates = self._candidates, []
+        self.counters.clock_jumps += 1
+        self.epoch += 1
+        self._note("clock_jump", f"stamps jumped {held[0].stamp - (frontier or 0.0):+.3f} s: the timeline "
+                                 f"starts again (epoch {self.epoch})")
+        self._reset_timeline(None)
+        self._old_frontier = frontier
+        for c in held:  # the first one defines the new origin
+            self._admit(c.stream, self._user_audio if c.stream == "user_audio" else self._motion, c.stamp, c.add)
+
+    def _count_outliers(self, held: list[_Candidate], frontier: float | None) -> None:
+        self.counters.outlier_stamps += len(held)
+        worst = max(held, key=lambda c: abs(c.stamp - (frontier or c.stamp)))
+        self._note("outlier_stamp", f"dropped {len(held)} message(s) stamped {worst.stamp - (frontier or 0.0):+.3f} s "
+                                    "off the timeline (not followed by others)")
 
     def _ensure_origin(self, stamp: float) -> None:
         if self.origin is None:
@@ -205,20 +392,23 @@ class TurnAssembler:
     def add_user_audio(
         self, stamp: float, data: np.ndarray, sample_rate: int = SAMPLE_RATE, channels: int = 1
     ) -> None:
-        """Audio chunk whose first sample is at `stamp` (s). Raises InputError for malformed chunks."""
-        x = self._prepare_audio(stamp, data, sample_rate, channels)
-        self._check_jump(self._user_audio, stamp)
-        self._ensure_origin(stamp)
-        self._write_audio(self._user_audio, self._ua, stamp, x)
-        end_time = stamp + x.size / self.config.sample_rate
-        self._note_user_time(end_time)
+        """Audio chunk whose first sample is at `stamp` (s). Raises InputError for a chunk that cannot be used."""
+        x = self._prepare_audio("user", stamp, data, sample_rate, channels)
+        stamp = float(stamp)
+
+        def add() -> None:
+            self._ensure_origin(stamp)
+            self._write_audio(self._user_audio, self._ua, stamp, x)
+            self._note_user_time(stamp + x.size / self.config.sample_rate)
+
+        self._admit("user_audio", self._user_audio, stamp, add)
 
     def add_agent_audio(
         self, stamp: float, data: np.ndarray, sample_rate: int = SAMPLE_RATE, channels: int = 1
     ) -> None:
         """The agent's own speech; may arrive early with future stamps, and may be absent for any time (the
         robot is silent), so its stamps never reset the timeline: only the user streams do."""
-        x = self._prepare_audio(stamp, data, sample_rate, channels)
+        x = self._prepare_audio("agent", stamp, data, sample_rate, channels)
         if self.origin is None:
             # keep it until a user stream defines t0; bounded to max_buffered_turns of audio
             self._pending_agent.append((float(stamp), x))
@@ -234,11 +424,17 @@ class TurnAssembler:
         f = np.asarray(frame, dtype=np.float32).reshape(-1)
         if f.size != MOTION_DIM:
             self.counters.rejected += 1
-            raise InputError(f"user motion frame: expected {MOTION_DIM} values, got {f.size}")
+            raise InputError(f"user motion frame: expected {MOTION_DIM} values, got {f.size}", "motion")
         if not np.all(np.isfinite(f)):
             self.counters.rejected += 1
-            raise InputError("user motion frame: contains NaN or infinite values")
-        self._check_jump(self._motion, stamp)
+            raise InputError("user motion frame: contains NaN or infinite values", "motion")
+        if not np.isfinite(stamp):
+            self.counters.rejected += 1
+            raise InputError(f"user motion frame: stamp must be finite, got {stamp}", "motion")
+        stamp = float(stamp)
+        self._admit("motion", self._motion, stamp, lambda: self._add_motion(stamp, f))
+
+    def _add_motion(self, stamp: float, f: np.ndarray) -> None:
         self._ensure_origin(stamp)
         cfg = self.config
         self.counters.motion_frames += 1
@@ -268,16 +464,31 @@ class TurnAssembler:
         if self._last_user_time is None or end_time > self._last_user_time:
             self._last_user_time = end_time
 
-    def _prepare_audio(self, stamp: float, data: np.ndarray, sample_rate: int, channels: int) -> np.ndarray:
-        if not np.isfinite(stamp):
-            self.counters.rejected += 1
-            raise InputError(f"audio chunk: stamp must be finite, got {stamp}")
+    def _prepare_audio(self, who: str, stamp: float, data, sample_rate: int, channels: int) -> np.ndarray:
+        """Sanitised mono samples of one chunk of the `who` ("user" | "agent") stream; every fault counted per
+        kind and noted; InputError when the chunk is dropped."""
+        faults = self.audio_faults[who]
+        cfg = self.config
         try:
-            x = to_mono_16k(data, sample_rate, channels, self.config.sample_rate)
-        except InputError:
+            if not np.isfinite(stamp):
+                raise InputError(f"audio chunk: stamp must be finite, got {stamp}", "bad_stamp")
+            x, kinds = sanitize_audio(data, sample_rate, channels, cfg.sample_rate,
+                                      max_seconds=cfg.max_buffered_turns * cfg.turn_seconds)
+        except InputError as e:
             self.counters.rejected += 1
+            setattr(faults, e.kind, getattr(faults, e.kind) + 1)
+            self._note(f"{who}_audio.{e.kind}", f"{who} audio: {AUDIO_FAULTS[e.kind]} ({e})")
             raise
-        if sample_rate != self.config.sample_rate:
+        if self._rates.setdefault(who, int(sample_rate)) != sample_rate:
+            kinds.append("rate_changed")
+            self._note(f"{who}_audio.rate_changed", f"{who} audio: sample rate changed from "
+                                                     f"{self._rates[who]} to {sample_rate} Hz")
+            self._rates[who] = int(sample_rate)
+        for kind in kinds:
+            setattr(faults, kind, getattr(faults, kind) + 1)
+            if kind != "rate_changed":
+                self._note(f"{who}_audio.{kind}", f"{who} audio: {AUDIO_FAULTS[kind]}")
+        if sample_rate != cfg.sample_rate:
             self.counters.resampled_chunks += 1
         self.counters.audio_chunks += 1
         return x
@@ -378,9 +589,8 @@ class TurnAssembler:
                 motion[i] = um[i]
                 continue
             age = k * fpt + i - (self._last_motion_frame if self._last_motion_frame is not None else -1)
-            w = min(1.0, max(0.0, (age - hold) / ease))
-            motion[i] = (1.0 - w) * self._last_motion
-            self.counters.eased_motion_frames += int(w > 0.0)
+            motion[i] = hold_then_ease(self._last_motion, [age], hold, ease)[0]
+            self.counters.eased_motion_frames += int(ease_weights(age, hold, ease) > 0.0)
         stats = TurnStats(
             reason=reason,
             user_audio_missing=int(spt - ua_mask.sum()),
@@ -398,6 +608,10 @@ class TurnAssembler:
 
     def counters_dict(self) -> dict[str, float]:
         return asdict(self.counters)
+
+    def audio_faults_dict(self) -> dict[str, int]:
+        """{"user.nonfinite": n, ..., "agent.too_long": n}: chunks per stream and AUDIO_FAULTS kind."""
+        return {f"{who}.{k}": v for who, c in self.audio_faults.items() for k, v in asdict(c).items()}
 
 
 # -------------------------------------------------------------------- player

@@ -6,6 +6,13 @@ activate    start the live loop, subscribe to the inputs
 deactivate  unsubscribe, stop the live loop (a turn being generated is finished, not published)
 cleanup     free the model
 shutdown    from any state: release everything
+error       `max_inference_failures` failed turns in a row (exceptions, out of memory, NaN output): the node
+            deactivates itself through the state machine, on_deactivate returns ERROR, and on_error (the
+            ErrorProcessing state) releases the model: the node is unconfigured, logs why, and a lifecycle
+            manager (or `autostart` at the next start) can configure it again.
+
+Faults of the inputs (bad audio, malformed messages, outlier stamps, clock jumps) are counted by kind in
+/diagnostics and logged as rate-limited warnings by the live loop (LiveAgent); the node only converts.
 
 Outputs: agent/motion_turn (each turn as soon as it is generated, ahead of its display time),
 agent/head_motion + agent/head_pose (each frame at its display time), /diagnostics.
@@ -57,10 +64,13 @@ PARAMS = (
           "wait for agent/audio to cover each turn (else absent = silence)"),
     Param("idle_timeout", LIVE.idle_timeout, "s; no more deadline turns once user input stopped this long ago",
           range=(0.0, 3600.0)),
-    Param("motion_hold", LIVE.motion_hold, "s; lost partner motion: the last frame is held this long ...",
-          range=(0.0, 60.0)),
+    Param("motion_hold", LIVE.motion_hold, "s; lost motion (the partner's, or the agent's own for a failed or "
+          "skipped turn): the last frame is held this long ...", range=(0.0, 60.0)),
     Param("motion_ease", LIVE.motion_ease, "s; ... then eased to the neutral frame over this long",
           range=(0.05, 60.0)),
+    Param("max_inference_failures", LIVE.max_inference_failures,
+          "failed turns in a row (exception, out of memory, NaN output) before the lifecycle error state",
+          range=(1, 1000)),
     Param("user_motion_source", "head_motion", "the partner's motion input",
           choices=("head_motion", "head_pose", "none")),
     Param("audio_reliability", "reliable", "QoS reliability of the audio subscriptions",
@@ -90,6 +100,9 @@ class TimarAgent(LifecycleNode):
         self._subs: list = []
         self._pubs: list = []
         self._timer = None
+        self._fatal: str | None = None  # why the live loop gave up (set from its thread)
+        # the live loop's thread cannot run a transition: it triggers this, the executor runs _on_fatal
+        self._fatal_guard = self.create_guard_condition(self._on_fatal)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -133,13 +146,17 @@ class TimarAgent(LifecycleNode):
                 idle_timeout=p["idle_timeout"],
                 motion_hold=p["motion_hold"],
                 motion_ease=p["motion_ease"],
+                max_inference_failures=p["max_inference_failures"],
                 inference_cpu=p["inference_cpu"],
             ),
             clock=self._now,
             on_turn=self._publish_turn,
             on_frames=self._publish_frames,
             on_error=lambda text: self.get_logger().error(text),
+            on_warning=lambda text: self.get_logger().warning(text),
+            on_fatal=self._fatal_from_live,
         )
+        self._fatal = None
         self.pub_turn = self.create_lifecycle_publisher(HeadMotionTurn, "agent/motion_turn", qos.per_turn())
         self.pub_motion = self.create_lifecycle_publisher(HeadMotion, "agent/head_motion", qos.frames())
         self.pub_pose = self.create_lifecycle_publisher(PoseStamped, "agent/head_pose", qos.frames())
@@ -175,7 +192,40 @@ class TimarAgent(LifecycleNode):
         self._subs = []
         if not self.live.stop():
             self.get_logger().warn("a generation step outlived the stop timeout; it will not be published")
-        return super().on_deactivate(state)
+        ret = super().on_deactivate(state)
+        if self._fatal is not None:  # on to ErrorProcessing: on_error releases the model
+            return TransitionCallbackReturn.ERROR
+        return ret
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        """ErrorProcessing (a transition returned ERROR): release everything; SUCCESS -> unconfigured, from
+        where the node can be configured again."""
+        why = self._fatal or f"a transition from {state.label} failed"
+        self.get_logger().error(f"lifecycle error: {why}; the model is released and the node is unconfigured "
+                                "(configure it again to reload the model)")
+        self._publish_diagnostics(DiagnosticStatus.ERROR, f"error: {why}")
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        if self.live is not None:
+            self.live.stop()
+        if self._pubs or self._timer is not None:
+            self._release()
+        self._fatal = None
+        return super().on_error(state)
+
+    def _fatal_from_live(self, message: str) -> None:
+        """LiveAgent.on_fatal (its inference thread): hand over to the executor."""
+        self._fatal = message
+        self._fatal_guard.trigger()
+
+    def _on_fatal(self) -> None:
+        if self._fatal is None:
+            return
+        if self._state_machine.current_state[1] == "active":
+            self.trigger_deactivate()  # returns ERROR -> ErrorProcessing -> on_error -> unconfigured
+        else:
+            self._fatal = None
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self._release()
@@ -225,37 +275,30 @@ class TimarAgent(LifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _dropped(self, topic: str, reason: str | None) -> None:
-        if reason is not None:
-            self.get_logger().warn(f"dropped {topic}: {reason}", throttle_duration_sec=2.0)
-
+    # every input is counted and reported (rate-limited, by kind) by the live loop; dropped ones too
     def _on_user_audio(self, msg: AudioChunk) -> None:
-        data = np.asarray(msg.data, np.float32)
-        self._dropped("user/audio", self.live.add_user_audio(
-            stamp_to_sec(msg.header.stamp), data, msg.sample_rate, msg.channels))
+        self.live.add_user_audio(stamp_to_sec(msg.header.stamp), np.asarray(msg.data, np.float32),
+                                 msg.sample_rate, msg.channels)
 
     def _on_agent_audio(self, msg: AudioChunk) -> None:
-        data = np.asarray(msg.data, np.float32)
-        self._dropped("agent/audio", self.live.add_agent_audio(
-            stamp_to_sec(msg.header.stamp), data, msg.sample_rate, msg.channels))
+        self.live.add_agent_audio(stamp_to_sec(msg.header.stamp), np.asarray(msg.data, np.float32),
+                                  msg.sample_rate, msg.channels)
 
     def _on_motion(self, msg: HeadMotion) -> None:
         try:
             m = motion_from_msg(msg)
         except ValueError as e:
-            self.live.count_input_error()
-            self._dropped("user/head_motion", str(e))
+            self.live.report_input_error("user/head_motion", str(e))
             return
-        self._dropped("user/head_motion", self.live.add_user_motion(stamp_to_sec(msg.header.stamp), m))
+        self.live.add_user_motion(stamp_to_sec(msg.header.stamp), m)
 
     def _on_pose(self, msg: PoseStamped) -> None:
         try:
             m = motion_from_pose(msg)
         except ValueError as e:
-            self.live.count_input_error()
-            self._dropped("user/head_pose", str(e))
+            self.live.report_input_error("user/head_pose", str(e))
             return
-        self._dropped("user/head_pose", self.live.add_user_motion(stamp_to_sec(msg.header.stamp), m))
+        self.live.add_user_motion(stamp_to_sec(msg.header.stamp), m)
 
     # ------------------------------------------------------------------ outputs (the live loop's threads)
     def _publish_turn(self, turn: GeneratedTurn) -> None:
@@ -272,14 +315,18 @@ class TimarAgent(LifecycleNode):
             self.pub_motion.publish(head_motion_msg(f.motion, f.stamp, frame_id, f.turn_index, f.frame_index))
             self.pub_pose.publish(pose_msg(f.motion, f.stamp, frame_id))
 
-    def _publish_diagnostics(self) -> None:
+    def _publish_diagnostics(self, level: bytes | None = None, message: str | None = None) -> None:
         live = self.live
-        if live is None:
+        if live is None or self._timer is None:
             return
         active = live.running
         st = DiagnosticStatus(name="timar/agent", hardware_id="timar")
         st.level = DiagnosticStatus.OK if active and not live.degraded() else DiagnosticStatus.WARN
         st.message = "active" if active else "inactive"
+        if live.fatal is not None:
+            st.level, st.message = DiagnosticStatus.ERROR, f"error: {live.fatal}"
+        if level is not None:
+            st.level, st.message = level, message or st.message
         st.values = [
             KeyValue(key=k, value=f"{v:.6g}" if isinstance(v, float) else str(v))
             for k, v in live.diagnostics().items()

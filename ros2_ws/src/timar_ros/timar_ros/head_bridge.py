@@ -16,6 +16,12 @@ The commanded state of each frame also goes out on agent/joint_states (sensor_ms
 display time, stamped with it, for robots that stream positions. A malformed turn (no frames, frames without
 50 expression values, stamps that do not match fps, fps outside [1, 1000], zero stamp) is dropped and counted;
 non-finite motion values are held by the limiter and counted. /diagnostics: status `timar/head_bridge`.
+
+Watchdog: when no turn arrives for `watchdog_timeout` s after the last point of the last trajectory (the agent
+stopped, died, or was deactivated), the bridge publishes one more trajectory that eases the head from where
+it stands to the neutral pose over `watchdog_ease` s (TrajectoryPlanner.plan_neutral: within the position,
+velocity and acceleration limits), logs it once and counts it (`watchdog_trips`). When turns come again they
+continue from the eased pose (cut into the ease if it is still under way), within the same limits.
 """
 
 from __future__ import annotations
@@ -80,6 +86,10 @@ PARAMS = (
     Param("max_gap", 0.1, "s; a turn that starts at most this long after the previous turn's last frame "
           "continues it (velocity carried over); after a longer gap the head starts again from rest",
           range=(0.0, 10.0), change="live"),
+    Param("watchdog_timeout", 0.5, "s without a new turn after the last trajectory point before the head is eased "
+          "to neutral", range=(0.05, 3600.0), change="live"),
+    Param("watchdog_ease", 1.0, "s; the watchdog eases the head to neutral over this long (within the limits)",
+          range=(0.05, 60.0), change="live"),
 )
 
 
@@ -171,6 +181,11 @@ class HeadBridge(Node):
         self.names = self.planner.names
         self.malformed = 0
         self.late_turns = 0  # turns whose first frame was already due when they arrived
+        self.watchdog_trips = 0
+        self._tripped = False  # the head was eased to neutral and no turn came since
+        self._plan_end: float | None = None  # time of the last point of the newest trajectory
+        self._fps = 0.0
+        self._frame_id = ""
         self._lead: deque[float] = deque(maxlen=200)  # s from arrival to frames[0]'s display time
         self._pending: deque[tuple[float, np.ndarray, np.ndarray]] = deque()  # (time, position, velocity)
         self.pub_traj = self.create_publisher(JointTrajectory, "agent/joint_trajectory", qos.per_turn())
@@ -179,6 +194,7 @@ class HeadBridge(Node):
         self.create_subscription(HeadMotionTurn, "agent/motion_turn", self._on_turn, qos.per_turn())
         # armed for the next queued joint state only (a polling timer would cost CPU all the time)
         self._state_timer = self.create_timer(1.0, self._publish_due_states, autostart=False)
+        self._watchdog_timer = self.create_timer(1.0, self._check_watchdog, autostart=False)
         self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics)
         self.get_logger().info(f"joints {self.names}")
 
@@ -204,7 +220,12 @@ class HeadBridge(Node):
             return
         now = self._now()
         plan = self.planner.plan(motion, start, fps, int(msg.epoch), now)
-        self.pub_traj.publish(trajectory_msg(plan, msg.header.frame_id))
+        if self._tripped:
+            self._tripped = False
+            self.get_logger().info(f"agent/motion_turn back (turn {msg.turn_index}): the head follows the agent "
+                                   "again")
+        self._fps, self._frame_id = fps, msg.header.frame_id
+        self._publish_plan(plan, now)
         self._lead.append(start - now)
         if start <= now:
             self.late_turns += 1
@@ -213,6 +234,10 @@ class HeadBridge(Node):
         if plan.nan_frames:
             self.get_logger().warning(f"turn {msg.turn_index}: {plan.nan_frames} frames with non-finite motion "
                                       "held", throttle_duration_sec=2.0)
+
+    def _publish_plan(self, plan: PlannedTrajectory, now: float) -> None:
+        """Publish the trajectory, queue its joint states and arm the watchdog for its end."""
+        self.pub_traj.publish(trajectory_msg(plan, self._frame_id))
         # the plan replaces queued states from its start on (carried-over frames come back with it)
         while self._pending and self._pending[-1][0] >= plan.start:
             self._pending.pop()
@@ -220,6 +245,33 @@ class HeadBridge(Node):
             if plan.frames[i] and (i >= plan.first_new or t > now):
                 self._pending.append((float(t), plan.positions[i], plan.velocities[i]))
         self._arm_state_timer(now)
+        self._plan_end = float(plan.times[-1])
+        self._arm_watchdog(now)
+
+    def _arm_watchdog(self, now: float) -> None:
+        due = self._plan_end + self.p["watchdog_timeout"] - now
+        self._watchdog_timer.timer_period_ns = max(int(due * 1e9), 1_000_000)
+        self._watchdog_timer.reset()
+
+    def _check_watchdog(self) -> None:
+        self._watchdog_timer.cancel()
+        if self._plan_end is None or self._tripped:
+            return
+        now = self._now()
+        silent = now - self._plan_end
+        if silent < self.p["watchdog_timeout"]:  # a turn came meanwhile, or the clock moved back
+            self._arm_watchdog(now)
+            return
+        ease = self.p["watchdog_ease"]
+        plan = self.planner.plan_neutral(now + 1.0 / self._fps, self._fps, ease, now)
+        if plan is None:
+            return
+        self._tripped = True
+        self.watchdog_trips += 1
+        self.get_logger().warning(f"watchdog: no agent/motion_turn for {silent:.2f} s after the last trajectory "
+                                  f"point; easing the head to neutral over {ease:g} s")
+        self._publish_plan(plan, now)
+        self._watchdog_timer.cancel()  # once per silence: the next turn re-arms it
 
     def _arm_state_timer(self, now: float) -> None:
         """Wake up when the next queued joint state is due (at once if it is due already)."""
@@ -249,13 +301,17 @@ class HeadBridge(Node):
             "discontinuities": pl.discontinuities,
             "epoch_changes": pl.epoch_changes,
             "clamped_targets": pl.limiter.clamped,
+            "rewinds": pl.rewinds,
+            "watchdog_trips": self.watchdog_trips,
+            "watchdog_active": int(self._tripped),
             "lead_ms_min": 1e3 * float(np.min(lead)),
             "lead_ms_median": 1e3 * float(np.median(lead)),
         }
         st = DiagnosticStatus(name="timar/head_bridge", hardware_id="timar")
-        ok = self.malformed == 0 and self.late_turns == 0
+        ok = self.malformed == 0 and self.late_turns == 0 and not self._tripped
         st.level = DiagnosticStatus.OK if ok else DiagnosticStatus.WARN
-        st.message = "ok" if ok else "malformed or late turns"
+        st.message = ("ok" if ok else "agent silent: head eased to neutral" if self._tripped
+                      else "malformed or late turns")
         st.values = [KeyValue(key=k, value=f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[st])
         msg.header.stamp = self.get_clock().now().to_msg()
