@@ -26,12 +26,38 @@ SINK = "virt"
 SINK_RATE = 16000  # Hz; the null sink runs at the robot's speech rate, so nothing is resampled on the way
 
 
+SINK_ARGS = f"sink_name={SINK} rate={SINK_RATE} channels=1 format=float32le"
+FALLBACK = "module-always-sink"  # keeps a sink (auto_null) when the last one goes: streams are moved to it
+
+
 @dataclass(frozen=True)
 class PulseNullSink:
     server: str  # PULSE_SERVER value, "unix:<socket>"
     sink: str  # the sink to play to
     monitor: str  # the source that records what the sink plays
     log: Path
+
+    def modules(self, name: str) -> list[str]:
+        """Indices of the loaded modules called `name`."""
+        r = _pactl(self.server, "list", "short", "modules")
+        assert r.returncode == 0, r.stderr
+        return [line.split()[0] for line in r.stdout.splitlines() if line.split()[1:2] == [name]]
+
+    def unplug(self) -> None:
+        """The device disappears with nothing to fall back to, like a USB microphone pulled out: the fallback
+        module goes first (else PulseAudio moves the streams to its auto_null sink), then the null sink, whose
+        monitor the capture records from."""
+        for name in (FALLBACK, "module-null-sink"):
+            for index in self.modules(name):
+                r = _pactl(self.server, "unload-module", index)
+                assert r.returncode == 0, r.stderr
+
+    def plug(self) -> None:
+        """The device is back: the null sink (same name, rate and format) and the fallback, defaults set again."""
+        for args in (("load-module", "module-null-sink", *SINK_ARGS.split()), ("load-module", FALLBACK),
+                     ("set-default-sink", SINK), ("set-default-source", f"{SINK}.monitor")):
+            r = _pactl(self.server, *args)
+            assert r.returncode == 0, r.stderr
 
 
 def _pactl(server: str, *args: str) -> subprocess.CompletedProcess:
@@ -53,9 +79,9 @@ def pulse_null_sink(tmp_path_factory, monkeypatch) -> Iterator[PulseNullSink]:
     daemon = subprocess.Popen(
         ["pulseaudio", "--daemonize=no", "-n", "--exit-idle-time=-1", "--disable-shm=yes", "--use-pid-file=no",
          f"--log-target=file:{log}",
-         f"--load=module-null-sink sink_name={SINK} rate={SINK_RATE} channels=1 format=float32le",
+         f"--load=module-null-sink {SINK_ARGS}",
          f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1",
-         "--load=module-always-sink"],
+         f"--load={FALLBACK}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     server = f"unix:{socket}"

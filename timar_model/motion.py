@@ -7,6 +7,8 @@ coefficients, then the jaw and the global head rotation as axis-angle vectors (r
 
 from __future__ import annotations
 
+import numpy as np
+
 EXP_DIM = 50
 JAW_DIM = 3
 ROT_DIM = 3
@@ -29,3 +31,18 @@ TURN_SECONDS = 1  # one turn
 FRAMES_PER_TURN = FPS * TURN_SECONDS
 SAMPLES_PER_TURN = SAMPLE_RATE * TURN_SECONDS
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+
+
+# ---------------------------------------------------------------- lost motion: hold, then ease to neutral
+def ease_weights(ages, hold: float, ease: float) -> np.ndarray:
+    """Weight of the neutral pose for frames `ages` frames after the last real one: 0 while age <= hold, then
+    linear to 1 at hold + ease (all in frames; ease > 0). The one easing of lost motion: the partner's
+    (assembler), the agent's own after a failed or skipped turn (LiveAgent) and the head bridge's watchdog."""
+    return np.clip((np.asarray(ages, dtype=np.float64) - hold) / ease, 0.0, 1.0)
+
+
+def hold_then_ease(last: np.ndarray, ages, hold: float, ease: float, neutral=0.0) -> np.ndarray:
+    """Frames (len(ages), D): `last` held, then eased linearly to `neutral` (see ease_weights)."""
+    w = ease_weights(ages, hold, ease)[:, None]
+    last = np.asarray(last, dtype=np.float64)[None]
+    return (1.0 - w) * last + w * np.asarray(neutral, dtype=np.float64)

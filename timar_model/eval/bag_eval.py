@@ -15,7 +15,11 @@ reports, from agent/head_motion (stamp = display time, bag time = when the recor
     the previous message's last: the turn's frames[0]);
   - with agent/joint_trajectory and sim_head/joint_states: the simulated head's tracking error, its positions
     against the commanded trajectory (the messages replayed through TrajectoryFollower as they arrived,
-    splice replacement) at each joint-state stamp, RMS and max per joint.
+    splice replacement) at each joint-state stamp, RMS and max per joint;
+  - gaps, counted and listed, never smoothed over: stretches without agent output, stamps going back, turns
+    lost against the turns the input covered, missing / duplicated / jumped user/audio chunks, the
+    conversation_player's fault counters, agent restarts with its counters summed over its runs and the
+    stretches without its /diagnostics (`gaps_report`).
 """
 
 from __future__ import annotations
@@ -99,6 +103,13 @@ class BagData:
     diagnostics: dict[str, str] = field(default_factory=dict)  # last timar/agent status values
     topics: dict[str, int] = field(default_factory=dict)  # message counts
     malformed: int = 0  # HeadMotion messages without 50 expression values (skipped)
+    # every timar/agent status: (bag time, values); a restarted agent starts its counters again
+    agent_history: list[tuple[float, dict[str, str]]] = field(default_factory=list)
+    player_diagnostics: dict[str, str] = field(default_factory=dict)  # last timar/conversation_player status
+    # user/audio chunks in receive order: bag time, stamp (s) and duration (s)
+    input_recv: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    input_stamp: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    input_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def _motion56(msg) -> np.ndarray:
@@ -120,6 +131,7 @@ def read_bag(path: str | os.PathLike) -> BagData:
         raise FileNotFoundError(f"{path}: not a rosbag2 folder (no metadata.yaml)")
     rows: dict[str, list] = {"agent": [], "gt": [], "user": []}
     sim_rows: list[tuple[float, np.ndarray]] = []
+    inputs: list[tuple[float, float, float]] = []
     out = BagData()
     with AnyReader([path], default_typestore=timar_typestore()) as reader:
         for c in reader.connections:
@@ -157,6 +169,15 @@ def read_bag(path: str | os.PathLike) -> BagData:
                 for st in msg.status:
                     if st.name == "timar/agent":
                         out.diagnostics = {kv.key: kv.value for kv in st.values}
+                        out.agent_history.append((t_ns * 1e-9, out.diagnostics))
+                    elif st.name == "timar/conversation_player":
+                        out.player_diagnostics = {kv.key: kv.value for kv in st.values}
+                continue
+            elif name.endswith("user/audio"):
+                msg = reader.deserialize(raw, conn.msgtype)
+                frames = len(msg.data) // max(1, msg.channels)
+                if msg.sample_rate > 0:
+                    inputs.append((t_ns * 1e-9, _sec(msg.header.stamp), frames / msg.sample_rate))
                 continue
             else:
                 continue
@@ -179,6 +200,9 @@ def read_bag(path: str | os.PathLike) -> BagData:
             setattr(out, st_attr, np.array([r[2] for r in rows[kind]]))
             setattr(out, m_attr, np.stack([r[4] for r in rows[kind]]))
     out.trajectories.sort(key=lambda m: m.recv)
+    if inputs:
+        inputs.sort(key=lambda r: r[0])
+        out.input_recv, out.input_stamp, out.input_seconds = (np.array(c) for c in zip(*inputs))
     if sim_rows:
         sim_rows.sort(key=lambda r: r[0])
         out.sim_stamp = np.array([r[0] for r in sim_rows])
@@ -269,6 +293,146 @@ def tracking_error(data: BagData) -> dict:
     }
 
 
+# counters of the agent's /diagnostics summed over its restarts in the gaps report
+GAP_COUNTERS = (
+    "turns_generated", "turns_skipped", "stale_turns", "inference_errors", "input_errors", "resets",
+    "assembler.gaps", "assembler.gap_seconds", "assembler.overlaps", "assembler.out_of_order",
+    "assembler.late_drops", "assembler.clock_jumps", "assembler.rejected", "assembler.deadline_turns",
+    "assembler.silence_filled_samples", "player.dropped_frames", "player.late_frames",
+)
+SILENT_DIAGNOSTICS = 2.5  # periods of the agent's /diagnostics without one: the agent was not running
+MAX_LISTED = 100  # intervals listed per kind (all of them are counted)
+
+
+def _interval(a: float, b: float, origin: float) -> dict:
+    return {"from_s": a - origin, "to_s": b - origin, "seconds": b - a}
+
+
+def _agent_restarts(history: list[tuple[float, dict[str, str]]], origin: float) -> dict:
+    """Restarts of the agent (its turns_generated counter going down: a new process), its counters summed over
+    the runs, and the stretches of bag time without its /diagnostics (dead, stopped, or loading the model)."""
+    runs: list[dict[str, float]] = []
+    prev = None
+    for _, values in history:
+        v = {k: float(values[k]) for k in GAP_COUNTERS if k in values}
+        if prev is not None and v.get("turns_generated", 0.0) < prev.get("turns_generated", 0.0):
+            runs.append(prev)
+        prev = v
+    if prev is not None:
+        runs.append(prev)
+    totals = {k: sum(r.get(k, 0.0) for r in runs) for k in GAP_COUNTERS if any(k in r for r in runs)}
+    times = np.array([t for t, _ in history])
+    silent = []
+    if times.size >= 3:
+        period = float(np.median(np.diff(times)))
+        for a, b in zip(times, times[1:]):
+            if b - a > SILENT_DIAGNOSTICS * period:
+                silent.append(_interval(a, b, origin))
+    return {"restarts": max(0, len(runs) - 1), "totals": {k: (int(v) if float(v).is_integer() else v)
+                                                          for k, v in totals.items()},
+            "silent_intervals": silent[:MAX_LISTED], "silent_count": len(silent),
+            "silent_seconds": float(sum(i["seconds"] for i in silent))}
+
+
+def gaps_report(data: BagData) -> dict:
+    """What is missing from a session, counted, never smoothed over (times in s of bag time from the first
+    user/audio message, "session time"):
+    - output: agent/head_motion frames in receive order whose stamps skip ahead by more than 1.5 frame periods
+      (missing output: a dead, stalled or resetting agent, skipped turns), or go back (a clock jump);
+      turns of 25 frames vs the turns the input covered;
+    - input: user/audio chunks in receive order whose stamp starts after the previous chunk's end (missing
+      chunks), repeats a stamp (duplicates) or goes back (clock jumps);
+    - the conversation_player's own fault counters (what it dropped, duplicated, jumped) when it ran;
+    - the agent: restarts, counters summed over its runs, and stretches without its /diagnostics."""
+    period = 1.0 / FPS
+    origin = float(data.input_recv[0]) if data.input_recv.size else (float(data.recv[0]) if data.recv.size else 0.0)
+    out: dict = {}
+    # output frames
+    missing, back = [], []
+    ds = np.diff(data.stamp)
+    for i in np.nonzero(ds > 1.5 * period)[0]:
+        missing.append({**_interval(data.recv[i], data.recv[i + 1], origin),
+                        "missing_output_s": float(ds[i] - period)})
+    for i in np.nonzero(ds < -0.5 * period)[0]:
+        back.append({"at_s": float(data.recv[i + 1] - origin), "by_s": float(ds[i] - period)})
+    runs: list[int] = []  # frames per run of one turn index, in receive order
+    for k, turn in enumerate(data.turn):
+        if k and turn == data.turn[k - 1] and data.frame[k] > data.frame[k - 1]:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    out["output"] = {
+        "frames": int(data.stamp.size),
+        "complete_turns": int(sum(r >= FPS for r in runs)),
+        "incomplete_turns": int(sum(r < FPS for r in runs)),
+        "missing_intervals": missing[:MAX_LISTED],
+        "missing_count": len(missing),
+        "missing_seconds": float(sum(m["missing_output_s"] for m in missing)),
+        "stamp_jumps_back": back[:MAX_LISTED],
+    }
+    # input chunks
+    if data.input_stamp.size:
+        st, dur = data.input_stamp, data.input_seconds
+        tol = 0.5 * float(np.median(dur))
+        step = st[1:] - (st[:-1] + dur[:-1])  # 0 = contiguous
+        gap = step > tol
+        dup = np.abs(st[1:] - st[:-1]) < tol
+        jump = (st[1:] < st[:-1] - tol) & ~dup
+        # the conversation the input covered, in turns: each stretch between backward jumps
+        stretches = np.split(np.arange(st.size), np.nonzero(jump)[0] + 1)
+        covered = sum(float(np.max(st[k] + dur[k]) - st[k[0]]) for k in stretches)
+        out["input"] = {
+            "chunks": int(st.size),
+            "missing_chunks": int(np.round(step[gap] / np.median(dur)).sum()),
+            "missing_stretches": int(gap.sum()),
+            "missing_seconds": float(step[gap].sum()),
+            "duplicates": int(dup.sum()),
+            "stamp_jumps_back": [{"at_s": float(data.input_recv[i + 1] - origin),
+                                  "by_s": float(st[i + 1] - st[i] - dur[i])} for i in np.nonzero(jump)[0]],
+            "conversation_s": covered,
+            "expected_turns": int(np.floor(covered + 1e-6)),
+        }
+        out["lost_turns"] = max(0, out["input"]["expected_turns"] - out["output"]["complete_turns"])
+    if data.player_diagnostics:
+        out["player"] = {k: data.player_diagnostics[k] for k in (
+            "user_chunks", "agent_chunks", "dropped_chunks", "dropped_seconds", "duplicated_chunks", "clock_jumps",
+            "loop") if k in data.player_diagnostics}
+    if data.agent_history:
+        out["agent"] = _agent_restarts(data.agent_history, origin)
+    return out
+
+
+def format_gaps(g: dict) -> str:
+    o = g["output"]
+    lines = [f"gaps: output {o['complete_turns']} complete turns ({o['incomplete_turns']} incomplete), "
+             f"{o['missing_count']} missing-output stretches ({o['missing_seconds']:.2f} s), "
+             f"{len(o['stamp_jumps_back'])} stamp jumps back"
+             + (f"; lost turns {g['lost_turns']} of {g['input']['expected_turns']}" if "lost_turns" in g else "")]
+    for m in o["missing_intervals"][:10]:
+        lines.append(f"  no output from {m['from_s']:.2f} s to {m['to_s']:.2f} s ({m['missing_output_s']:.2f} s "
+                     "of frames missing)")
+    if o["missing_count"] > 10:
+        lines.append(f"  ... {o['missing_count'] - 10} more (JSON report)")
+    if "input" in g:
+        i = g["input"]
+        lines.append(f"  input user/audio: {i['chunks']} chunks, {i['missing_chunks']} missing "
+                     f"({i['missing_seconds']:.2f} s in {i['missing_stretches']} stretches), {i['duplicates']} "
+                     f"duplicates, {len(i['stamp_jumps_back'])} stamp jumps back"
+                     + "".join(f" ({j['by_s']:+.2f} s at {j['at_s']:.1f} s)" for j in i["stamp_jumps_back"][:3]))
+    if "player" in g:
+        pl = g["player"]
+        lines.append("  conversation_player faults: " + ", ".join(f"{k} {v}" for k, v in pl.items()))
+    if "agent" in g:
+        a = g["agent"]
+        t = a["totals"]
+        lines.append(f"  agent: {a['restarts']} restarts, {a['silent_count']} stretches without its diagnostics "
+                     f"({a['silent_seconds']:.1f} s); over all its runs: "
+                     + ", ".join(f"{k} {t[k]}" for k in ("turns_generated", "turns_skipped", "inference_errors",
+                                                          "resets", "assembler.clock_jumps", "assembler.gaps",
+                                                          "assembler.overlaps", "assembler.late_drops") if k in t))
+    return "\n".join(lines)
+
+
 def evaluate(data: BagData, output_delay: float | None = None, late_tolerance: float = 0.005) -> dict:
     """The eval-bag report as a dict (times in ms)."""
     if data.stamp.size == 0:
@@ -321,6 +485,7 @@ def evaluate(data: BagData, output_delay: float | None = None, late_tolerance: f
             report["metrics"] = dualtalk_metrics(data.motion[idx], gt_exp, gt_pose, p_exp, p_pose)
         else:
             report["metrics_skipped"] = "too few frames aligned with the ground truth and user motion"
+    report["gaps"] = gaps_report(data)
     if data.trajectories:
         report["joint_trajectory"] = trajectory_timing(data.trajectories)
         if data.sim_stamp.size:
@@ -394,6 +559,8 @@ def format_report(r: dict) -> str:
         tr = r["sim_head_tracking"]
         lines.append(f"sim_head tracking error over {tr['samples']} joint states (rad, RMS / max):")
         lines += [f"  {n:<20s} {tr['rms_rad'][n]:.4f} / {tr['max_rad'][n]:.4f}" for n in tr["rms_rad"]]
+    if "gaps" in r:
+        lines.append(format_gaps(r["gaps"]))
     return "\n".join(lines)
 
 

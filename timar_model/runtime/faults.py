@@ -7,7 +7,7 @@
   RuntimeError saying "out of memory" as CUDA, MPS and older torch builds do), without importing torch.
 - `Continuation`: what the agent shows when a turn has no generated motion (inference failed, or the turn was
   skipped because generation fell behind): the last output frame held, then eased to neutral, with the one
-  easing of lost motion (`turns.hold_then_ease`); and the first generated turn after such a fill starts from
+  easing of lost motion (`motion.hold_then_ease`); and the first generated turn after such a fill starts from
   the last output frame and converges onto the generated motion, so the output never jumps.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from timar_model.runtime.turns import ease_weights, hold_then_ease
+from timar_model.motion import ease_weights, hold_then_ease
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from timar_model.motion import MOTION_DIM
+from timar_model.motion import MOTION_DIM, hold_then_ease
 from timar_model.runtime.robot_head import HeadJointMapper, JointLimits, RateLimiter
 
 # ------------------------------------------------------------------ turn -> limited joint trajectory
@@ -155,7 +155,7 @@ class TrajectoryPlanner:
     def plan_neutral(self, start: float, fps: float, ease: float, now: float | None = None,
                      settle: float = 2.0) -> PlannedTrajectory | None:
         """From the last commanded position (at rest: a controller holds the end of a finished trajectory)
-        to the neutral position: targets eased linearly over `ease` s (turns.hold_then_ease, the easing of lost
+        to the neutral position: targets eased linearly over `ease` s (motion.hold_then_ease, the easing of lost
         motion), through the limiter, then held at neutral until the limiter is at rest there (at most `settle`
         s more). Points at start + i / fps. None before any turn (nothing to ease from)."""
         self._check_time(start, fps)
@@ -163,7 +163,6 @@ class TrajectoryPlanner:
             raise ValueError(f"plan_neutral: ease must be > 0 s, got {ease}")
         if self.limiter.state is None:
             return None
-        from timar_model.runtime.turns import hold_then_ease
 
         neutral = self.neutral_position()
         here = self.limiter.state.position.copy()

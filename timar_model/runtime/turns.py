@@ -40,7 +40,7 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import resample_poly
 
-from timar_model.motion import FPS, MOTION_DIM, SAMPLE_RATE
+from timar_model.motion import FPS, MOTION_DIM, SAMPLE_RATE, ease_weights, hold_then_ease  # noqa: F401 (re-exported)
 
 # s from a turn's start to its first frame's display: the turn's 1 s, then the time to have its data and
 # generate it, and a margin so that a controller receives its trajectory before the first point is due
@@ -238,21 +238,6 @@ def to_mono_16k(data: np.ndarray, sample_rate: int, channels: int, target_rate: 
     if not np.all(np.isfinite(x)):
         raise InputError("audio chunk: contains NaN or infinite samples", "nonfinite")
     return resample(x.reshape(-1, channels).mean(axis=1), int(sample_rate), target_rate)
-
-
-# ---------------------------------------------------------------- lost motion: hold, then ease to neutral
-def ease_weights(ages, hold: float, ease: float) -> np.ndarray:
-    """Weight of the neutral pose for frames `ages` frames after the last real one: 0 while age <= hold, then
-    linear to 1 at hold + ease (all in frames; ease > 0). The one easing of lost motion: the partner's
-    (assembler), the agent's own after a failed or skipped turn (LiveAgent) and the head bridge's watchdog."""
-    return np.clip((np.asarray(ages, dtype=np.float64) - hold) / ease, 0.0, 1.0)
-
-
-def hold_then_ease(last: np.ndarray, ages, hold: float, ease: float, neutral=0.0) -> np.ndarray:
-    """Frames (len(ages), D): `last` held, then eased linearly to `neutral` (see ease_weights)."""
-    w = ease_weights(ages, hold, ease)[:, None]
-    last = np.asarray(last, dtype=np.float64)[None]
-    return (1.0 - w) * last + w * np.asarray(neutral, dtype=np.float64)
 
 
 class _Stream:

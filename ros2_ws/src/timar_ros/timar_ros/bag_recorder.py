@@ -1,8 +1,9 @@
 """Record chosen topics to a rosbag2 MCAP bag with the `rosbags` library (no rosbag2 needed).
 
-Messages are stored as received (CDR bytes from rclpy, timestamp = receive time on the node's clock) under a
-rosbag2 version-9 MCAP bag whose schemas come from a typestore with the timar_msgs .msg definitions added,
-so `ros2 bag play`, rosbags and mcap_ros2 all read it. Topic types and QoS come from the table of the timar
+Messages are stored as received (CDR bytes from rclpy, timestamp = receive time on the node's clock, or on
+the wall clock with `log_clock: system`, so that a jump of sim time cannot reorder the bag) under a rosbag2
+version-9 MCAP bag whose schemas come from a typestore with the timar_msgs .msg definitions added, so
+`ros2 bag play`, rosbags and mcap_ros2 all read it. Topic types and QoS come from the table of the timar
 topics (timar_ros/qos.py) or, for any other topic, from the ROS graph once a publisher appears. Closes the bag
 on shutdown, or `done_grace` s after conversation/done when `stop_on_done` is set (the demo sets it).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib
 import time
 
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -35,6 +37,9 @@ PARAMS = (
           change="live"),
     Param("done_grace", 3.0, "s after conversation/done before closing (the last turn's frames)",
           range=(0.0, 600.0), change="live"),
+    Param("log_clock", "node", "the clock of the bag's log times: node = this node's (sim time when use_sim_time), "
+          "system = wall time always (as `ros2 bag record` without --use-sim-time; log times never jump back)",
+          choices=("node", "system"), change="restart"),
 )
 
 
@@ -53,6 +58,7 @@ class BagRecorder(Node):
             raise FileExistsError(f"{self.get_name()}: output {self.path} exists; choose a new folder")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.typestore = timar_typestore()
+        self._log_clock = self.get_clock() if self.p["log_clock"] == "node" else Clock(clock_type=ClockType.SYSTEM_TIME)
         self.writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         self.writer.open()
         self.connections: dict[str, object] = {}
@@ -90,7 +96,7 @@ class BagRecorder(Node):
     def _on_message(self, topic: str, data: bytes) -> None:
         if self.closed:
             return
-        self.writer.write(self.connections[topic], self.get_clock().now().nanoseconds, data)
+        self.writer.write(self.connections[topic], self._log_clock.now().nanoseconds, data)
         self.counts[topic] += 1
         if topic.endswith("conversation/done") and self.p["stop_on_done"] and self.done_at is None:
             self.done_at = time.monotonic()

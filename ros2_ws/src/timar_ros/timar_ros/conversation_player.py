@@ -3,18 +3,35 @@
 One speaker is the user (user/audio + user/head_motion), the other speaker's audio is agent/audio (the agent's
 own speech) and its motion the ground truth on agent/head_motion_gt. Every message goes out once its time has
 passed: an audio chunk when its last sample is due, a frame at its capture time; stamps are
-t0 + sample / 16000 and t0 + frame / 25 with t0 = start time (+ start_delay). With rate != 1 the player also
-publishes /clock (the other nodes then need use_sim_time: true; `timar_run` and the launch files set it). When
+t0 + sample / 16000 and t0 + frame / 25 with t0 = start time (+ start_delay). With rate != 1 (or
+publish_clock) the player also publishes /clock (the other nodes then need use_sim_time: true; `timar_run` and
+the launch files set it). When
 everything is out it publishes conversation/done (std_msgs/String, the clip name; latched) and exits
 (exit_when_done). QoS of every topic: timar_ros/qos.py.
+
+`loops` plays the clip that many times back to back on one continuous timeline (stamps and turn indices go
+on), for long sessions (scripts/soak.py).
+
+Faults, for testing what receives the replay (scripts/soak.py --faults); all off by default, drawn from a
+seeded RNG (`fault_seed`), so a run is repeatable:
+  drop_fraction       share of audio messages (user/audio and agent/audio, each drawn on its own) not sent;
+  duplicate_fraction  share of those sent that are sent twice (same stamp, same data);
+  both only for content between faults_from and faults_until (s of conversation time; until 0 = the end);
+  clock_jump_at / clock_jump_s: the stamps of all content from clock_jump_at s of conversation time on are
+                      shifted by clock_jump_s (negative = back: a bag replayed twice, a clock set back), and so
+                      is /clock when it is published (rate != 1 or publish_clock: the nodes on sim time see
+                      their clock jump with the stamps). Messages still go out on time.
+Every fault is counted on /diagnostics (timar/conversation_player), so a recording shows what was done to it.
 """
 
 from __future__ import annotations
 
 import array
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
@@ -37,6 +54,8 @@ PARAMS = (
           "agent/head_motion_gt", range=(1, 2), change="restart"),
     Param("rate", 1.0, "playback speed (1 = real time; otherwise it publishes /clock)", range=(0.01, 100.0),
           change="restart"),
+    Param("publish_clock", False, "publish /clock also at rate 1 (the other nodes then run on it, and a clock jump "
+          "fault moves their clock too, as a bag replayed twice on sim time does)", change="restart"),
     Param("chunk_samples", 1600, "samples per audio chunk (1600 = 0.1 s)", range=(1, 160000), change="restart"),
     Param("start_delay", 1.0, "s between the subscribers being there and the first sample", range=(0.0, 600.0),
           change="restart"),
@@ -48,7 +67,35 @@ PARAMS = (
     Param("publish_agent_audio", True, "publish the other speaker's audio as agent/audio", change="live"),
     Param("exit_when_done", True, "exit once everything is published (and the last turn had time to finish)",
           change="live"),
+    Param("loops", 1, "play the clip this many times back to back (one continuous timeline)", range=(1, 1_000_000),
+          change="restart"),
+    Param("drop_fraction", 0.0, "fault: share of audio messages not sent", range=(0.0, 1.0), change="restart"),
+    Param("duplicate_fraction", 0.0, "fault: share of audio messages sent twice", range=(0.0, 1.0),
+          change="restart"),
+    Param("faults_from", 0.0, "s of conversation time where drops and duplicates start", range=(0.0, 1e7),
+          change="restart"),
+    Param("faults_until", 0.0, "s of conversation time where drops and duplicates end; 0 = the end",
+          range=(0.0, 1e7), change="restart"),
+    Param("fault_seed", 0, "seed of the drop / duplicate draws", range=(0, 2**31 - 1), change="restart"),
+    Param("clock_jump_at", 0.0, "fault: s of conversation time from which the stamps (and /clock, when published) "
+          "jump; 0 = never", range=(0.0, 1e7), change="restart"),
+    Param("clock_jump_s", -5.0, "fault: s added to the stamps (and /clock) from clock_jump_at on (negative = back)",
+          range=(-3600.0, 3600.0), change="restart"),
+    Param("diagnostics_period", 1.0, "s between /diagnostics messages (what was sent, dropped, duplicated)",
+          range=(0.05, 60.0), change="restart"),
 )
+
+
+@dataclass
+class PlayerCounters:
+    user_chunks: int = 0  # user/audio messages sent (duplicates included)
+    agent_chunks: int = 0
+    motion_frames: int = 0
+    dropped_chunks: int = 0  # audio messages not sent (drop_fraction)
+    dropped_seconds: float = 0.0  # of audio content
+    duplicated_chunks: int = 0  # audio messages sent a second time (duplicate_fraction)
+    clock_jumps: int = 0  # 1 once the stamps jumped (clock_jump_at)
+    loop: int = 0  # the pass over the clip now playing (0-based)
 
 
 class ConversationPlayer(Node):
@@ -72,13 +119,19 @@ class ConversationPlayer(Node):
         self.user_audio, self.agent_audio = s.user_audio[:n], s.agent_audio[:n]
         self.user_motion, self.agent_motion = s.user_motion[:f], s.agent_motion[:f]
         self.chunk = int(p["chunk_samples"])
+        self.loops = int(p["loops"])
+        self.rng = np.random.default_rng(p["fault_seed"])
+        self.counters = PlayerCounters()
 
         self.pub_user_audio = self.create_publisher(AudioChunk, "user/audio", qos.profile("user/audio"))
         self.pub_agent_audio = self.create_publisher(AudioChunk, "agent/audio", qos.profile("agent/audio"))
         self.pub_user_motion = self.create_publisher(HeadMotion, "user/head_motion", qos.profile("user/head_motion"))
         self.pub_gt = self.create_publisher(HeadMotion, "agent/head_motion_gt", qos.profile("agent/head_motion_gt"))
         self.pub_done = self.create_publisher(String, "conversation/done", qos.profile("conversation/done"))
-        self.pub_clock = self.create_publisher(Clock, "/clock", qos.profile("/clock")) if p["rate"] != 1.0 else None
+        self.pub_clock = (self.create_publisher(Clock, "/clock", qos.profile("/clock"))
+                          if p["rate"] != 1.0 or p["publish_clock"] else None)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", qos.diagnostics())
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
 
         self.wall0 = time.monotonic()
         self.v0 = time.time()  # virtual time at wall0 (only differs from wall time when rate != 1)
@@ -115,32 +168,100 @@ class ConversationPlayer(Node):
         msg.header.frame_id = frame_id
         return msg
 
+    def _clock_offset(self, now: float) -> float:
+        """What the clock jump fault adds to /clock at stream time `now`."""
+        jump_at = self.p["clock_jump_at"]
+        return self.p["clock_jump_s"] if jump_at > 0 and self.t0 is not None and now - self.t0 >= jump_at else 0.0
+
+    def _stamp(self, t: float) -> float:
+        """The stamp of content at conversation time t (s after t0), with the clock jump fault."""
+        jump_at = self.p["clock_jump_at"]
+        if jump_at > 0 and t >= jump_at:
+            if not self.counters.clock_jumps:
+                self.counters.clock_jumps = 1
+                self.get_logger().warn(f"fault: stamps jump by {self.p['clock_jump_s']:+g} s from {t:.2f} s on")
+            return self.t0 + t + self.p["clock_jump_s"]
+        return self.t0 + t
+
+    def _copies(self, t: float, seconds: float) -> int:
+        """How often an audio message with content at conversation time t goes out: 0 (dropped), 1 or 2."""
+        p = self.p
+        if not (p["drop_fraction"] or p["duplicate_fraction"]):
+            return 1
+        if t < p["faults_from"] or (p["faults_until"] > 0 and t >= p["faults_until"]):
+            return 1
+        if self.rng.random() < p["drop_fraction"]:
+            self.counters.dropped_chunks += 1
+            self.counters.dropped_seconds += seconds
+            return 0
+        if self.rng.random() < p["duplicate_fraction"]:
+            self.counters.duplicated_chunks += 1
+            return 2
+        return 1
+
+    def _send_audio(self, pub, t: float, data: np.ndarray, frame_id: str) -> int:
+        copies = self._copies(t, data.size / SAMPLE_RATE)
+        if copies:
+            msg = self._audio_msg(self._stamp(t), data, frame_id)
+            for _ in range(copies):
+                pub.publish(msg)
+        return copies
+
     def _tick(self) -> None:
         now = self._stream_now()
-        if self.pub_clock is not None:
-            self.pub_clock.publish(Clock(clock=sec_to_stamp(now)))
+        if self.pub_clock is not None:  # jumps with the stamps (clock_jump_at): the conversation's clock
+            self.pub_clock.publish(Clock(clock=sec_to_stamp(now + self._clock_offset(now))))
         if not self._ready():
             return
-        n, fpt = self.user_audio.size, FPS
-        while self.next_frame < self.user_motion.shape[0] and self.t0 + self.next_frame / FPS <= now:
+        n, frames = self.user_audio.size, self.user_motion.shape[0]
+        total_n, total_f = n * self.loops, frames * self.loops
+        while self.next_frame < total_f and self.t0 + self.next_frame / FPS <= now:
             f = self.next_frame
-            stamp = self.t0 + f / FPS
-            turn, i = divmod(f, fpt)
-            self.pub_user_motion.publish(head_motion_msg(self.user_motion[f], stamp, "user", turn, i))
-            self.pub_gt.publish(head_motion_msg(self.agent_motion[f], stamp, "agent_gt", turn, i))
+            stamp = self._stamp(f / FPS)
+            turn, i = divmod(f, FPS)
+            self.pub_user_motion.publish(head_motion_msg(self.user_motion[f % frames], stamp, "user", turn, i))
+            self.pub_gt.publish(head_motion_msg(self.agent_motion[f % frames], stamp, "agent_gt", turn, i))
+            self.counters.motion_frames += 1
             self.next_frame += 1
-        while self.next_chunk < n and self.t0 + min(self.next_chunk + self.chunk, n) / SAMPLE_RATE <= now:
-            a, b = self.next_chunk, min(self.next_chunk + self.chunk, n)
-            stamp = self.t0 + a / SAMPLE_RATE
-            self.pub_user_audio.publish(self._audio_msg(stamp, self.user_audio[a:b], "user"))
+        while self.next_chunk < total_n:
+            a = self.next_chunk  # a chunk never crosses the end of a pass over the clip
+            loop, la = divmod(a, n)
+            lb = min(la + self.chunk, n)
+            b = loop * n + lb
+            if self.t0 + b / SAMPLE_RATE > now:
+                break
+            self.counters.loop = loop
+            t = a / SAMPLE_RATE
+            self.counters.user_chunks += self._send_audio(self.pub_user_audio, t, self.user_audio[la:lb], "user")
             if self.p["publish_agent_audio"]:
-                self.pub_agent_audio.publish(self._audio_msg(stamp, self.agent_audio[a:b], "agent_tts"))
+                self.counters.agent_chunks += self._send_audio(self.pub_agent_audio, t, self.agent_audio[la:lb],
+                                                               "agent_tts")
             self.next_chunk = b
-        if not self.done and self.next_chunk >= n and self.next_frame >= self.user_motion.shape[0]:
+        if not self.done and self.next_chunk >= total_n and self.next_frame >= total_f:
             self.done = True
             self.pub_done.publish(String(data=self.clip))
-            self.get_logger().info(f"done: {self.clip} ({n / SAMPLE_RATE:.0f} s)")
+            self.get_logger().info(f"done: {self.clip} ({total_n / SAMPLE_RATE:.0f} s, {self.loops} pass(es)); "
+                                   f"{self._counter_text()}")
             self.done_at = time.monotonic()
+            self._publish_diagnostics()
+
+    def _counter_text(self) -> str:
+        return ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in asdict(self.counters).items())
+
+    def _publish_diagnostics(self) -> None:
+        st = DiagnosticStatus(name="timar/conversation_player", hardware_id="timar")
+        faults = self.counters.dropped_chunks or self.counters.duplicated_chunks or self.counters.clock_jumps
+        st.level = DiagnosticStatus.WARN if faults else DiagnosticStatus.OK
+        st.message = "done" if self.done else ("playing" if self.t0 is not None else "waiting for subscribers")
+        values = {**asdict(self.counters), "conversation_s": max(0.0, self._stream_now() - self.t0)
+                  if self.t0 is not None else 0.0, "t0": self.t0 if self.t0 is not None else 0.0}
+        st.values = [KeyValue(key=k, value=f"{v:.6f}" if k == "t0" else (f"{v:.6g}" if isinstance(v, float)
+                                                                          else str(v)))
+                     for k, v in values.items()]
+        msg = DiagnosticArray(status=[st])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(msg)
 
     def finished(self) -> bool:
         # with rate != 1 the other nodes live on this node's /clock: keep it running until their last frames

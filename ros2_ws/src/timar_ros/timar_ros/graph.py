@@ -12,8 +12,8 @@ Layering, later wins, the same for both:
   < the user's config files (`--config FILE`, `config:=a.yaml,b.yaml`)
   < the launch arguments the user gave (`checkpoint:=models/x`; an empty value means "not given")
   < per-node overrides (`-p NODE.PARAM:=VALUE`, `params:='NODE.PARAM:=VALUE;...'`).
-When conversation_player is started with an effective `rate` != 1 it publishes /clock and every other node
-gets `use_sim_time: true` (an explicit `-p NODE.use_sim_time:=...` still wins).
+When conversation_player is started with an effective `rate` != 1 (or `publish_clock: true`) it publishes
+/clock and every other node gets `use_sim_time: true` (an explicit `-p NODE.use_sim_time:=...` still wins).
 
 How the graph runs on a machine is set in the same YAML files under the key `timar_graph`. No node has that
 name, so rcl ignores it (rcl refuses a top-level key without `ros__parameters`, hence that level):
@@ -24,14 +24,24 @@ name, so rcl ignores it (rcl refuses a top-level key without `ros__parameters`, 
         wait_for: [conversation_player]    # the run ends when these have exited (default: the graph's)
         cpu_affinity:                      # CPUs per node (runner: sched_setaffinity; launch: taskset -c)
           head_bridge: [0, 1]              # [] = not pinned
+        respawn:                           # restart this node whenever it exits while the run goes on
+          agent: true
+        respawn_delay:                     # s between its exit and the restart (default RESPAWN_DELAY)
+          agent: 2.0
+        respawn_max:                       # restarts per run; one more exit ends the run (-1 = no limit)
+          agent: 5
 
-`-p timar_graph.cpu_affinity.head_bridge:=[0]` sets them like a parameter.
+`-p timar_graph.cpu_affinity.head_bridge:=[0]` sets them like a parameter. A node that exits (crash, kill, or
+on its own) without `respawn` ends the run (runner: exit code 1 when it failed; launch: Shutdown), so that the
+process manager above (systemd `Restart=on-failure`, a container's restart policy) restarts the whole graph
+rather than leaving a robot with half of it; with `respawn` the runner and launch restart that node alone.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +53,10 @@ from .params import Param, repo_root
 
 PACKAGE = "timar_ros"
 GRAPH_KEY = "timar_graph"
-SETTINGS = ("nodes", "wait_for", "cpu_affinity")
+SETTINGS = ("nodes", "wait_for", "cpu_affinity", "respawn", "respawn_delay", "respawn_max")
+PER_NODE_SETTINGS = ("cpu_affinity", "respawn", "respawn_delay", "respawn_max")  # `<setting>.<node>`
+RESPAWN_DELAY = 1.0  # s; default wait before a respawn (launch's own default, 0, restarts a crash loop at once)
+RESPAWN_MAX = -1  # default restarts per run: no limit (as launch)
 PLAYER = "conversation_player"
 
 
@@ -340,10 +353,25 @@ class NodePlan:
     params_files: tuple[Path, ...]  # in layer order
     overrides: dict[str, Any]  # typed values applied after the files (-p / a launch_ros parameters dict)
     cpus: tuple[int, ...]  # () = not pinned
+    respawn: bool = False  # restarted whenever it exits while the run goes on
+    respawn_delay: float = RESPAWN_DELAY  # s
+    respawn_max: int = RESPAWN_MAX  # restarts per run (-1 = no limit)
 
     @property
     def fqn(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def describe_exit(code: int) -> str:
+    """How a node process ended, for the runner's and launch's messages: `exited with code 1`, or
+    `was killed by SIGKILL` for a negative return code (Popen's and launch's way of saying "by a signal")."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
 
 
 @dataclass(frozen=True)
@@ -437,18 +465,35 @@ def _settings(graph: Graph, layers: Layers, overrides: list[Override], usable: s
     for o in overrides:
         if o.node == GRAPH_KEY:
             raw.append((o.param, o.source, yaml.safe_load(o.text) if o.text else None))
-    out: dict[str, Any] = {"cpu_affinity": {}}
+    out: dict[str, Any] = {s: {} for s in PER_NODE_SETTINGS}
     for name, where, value in raw:
         head, _, node = name.partition(".")
-        if head not in SETTINGS or (head == "cpu_affinity") != bool(node):
-            raise GraphError(f"{where}: unknown setting; {GRAPH_KEY} has nodes, wait_for, cpu_affinity.<node>")
+        if head not in SETTINGS or (head in PER_NODE_SETTINGS) != bool(node):
+            raise GraphError(f"{where}: unknown setting; {GRAPH_KEY} has nodes, wait_for, "
+                             + ", ".join(f"{s}.<node>" for s in PER_NODE_SETTINGS))
+        if head in PER_NODE_SETTINGS and node not in NODE_NAMES:
+            raise GraphError(f"{where}: no timar node is named {node!r}; nodes: {', '.join(NODE_NAMES)}")
         if head == "cpu_affinity":
-            if node not in NODE_NAMES:
-                raise GraphError(f"{where}: no timar node is named {node!r}; nodes: {', '.join(NODE_NAMES)}")
             out["cpu_affinity"][node] = _cpus(where, value, usable)
+        elif head in PER_NODE_SETTINGS:
+            out[head][node] = _respawn_value(head, where, value)
         else:
             out[head] = _names(where, value, graph.node_names(), graph.name)
     return out
+
+
+def _respawn_value(head: str, where: str, value: Any) -> bool | float | int:
+    """respawn: true | false; respawn_delay: s >= 0; respawn_max: an integer >= -1 (-1 = no limit)."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if head == "respawn" and isinstance(value, bool):
+        return value
+    if head == "respawn_delay" and (is_int or isinstance(value, float)) and 0 <= value < float("inf"):
+        return float(value)
+    if head == "respawn_max" and is_int and value >= -1:
+        return value
+    expected = {"respawn": "true or false", "respawn_delay": "seconds >= 0",
+                "respawn_max": "an integer >= -1 (-1 = no limit)"}[head]
+    raise GraphError(f"{where}: expected {expected}, got {value!r}")
 
 
 def plan(
@@ -523,13 +568,20 @@ def plan(
             user_values[o.node][o.param] = coerce(o.source, spec_of(g.node(o.node), o.param, o.source), o.text)
 
     sim_time = False
-    if PLAYER in names:  # the player's effective rate: override, else the files, else its code default
-        rate = user_values[PLAYER].get("rate")
-        if rate is None:
-            found, value, where = file_value(layers, f"{namespace}/{PLAYER}", "rate")
-            spec = spec_of(g.node(PLAYER), "rate", where or "rate")
-            rate = coerce(where, spec, str(value)) if found else spec.default
-        sim_time = float(rate) != 1.0
+    if PLAYER in names:  # the player's effective rate and publish_clock: override, else the files, else the code
+
+        def player_value(param: str) -> Any:
+            value = user_values[PLAYER].get(param)
+            if value is None:
+                found, text, where = file_value(layers, f"{namespace}/{PLAYER}", param)
+                spec = spec_of(g.node(PLAYER), param, where or param)
+                value = coerce(where, spec, str(text).lower() if isinstance(text, bool) else str(text)) if found \
+                    else spec.default
+            return value
+
+        sim_time = float(player_value("rate")) != 1.0 or (
+            "publish_clock" in {**BUILTIN_PARAMS, **specs(g.node(PLAYER).executable)}
+            and bool(player_value("publish_clock")))
 
     node_overrides: dict[str, dict[str, Any]] = {}
     for n in started:
@@ -548,7 +600,9 @@ def plan(
         graph=g.name,
         nodes=tuple(
             NodePlan(n.name, n.executable, namespace, tuple(files), node_overrides[n.name],
-                     settings["cpu_affinity"].get(n.name, ()))
+                     settings["cpu_affinity"].get(n.name, ()), settings["respawn"].get(n.name, False),
+                     settings["respawn_delay"].get(n.name, RESPAWN_DELAY),
+                     settings["respawn_max"].get(n.name, RESPAWN_MAX))
             for n in started
         ),
         wait_for=tuple(w for w in wait_for if w in names),

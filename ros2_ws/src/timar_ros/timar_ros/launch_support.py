@@ -2,9 +2,11 @@
 
 The launch arguments are the graph's (timar_ros/graph.py); once launch has their values, the same `plan()` that
 `timar_run` uses decides every node's params files, overrides and CPUs, and each NodePlan becomes one
-launch_ros Node: parameters = the files then the overrides, CPUs through a `taskset -c` prefix. The run ends
-as `timar_run`'s does: a node that exits with an error shuts everything down, and so does the exit of every
-node of the plan's `wait_for`. launch and launch_ros are imported only when a description is built.
+launch_ros Node: parameters = the files then the overrides, CPUs through a `taskset -c` prefix, `respawn` /
+`respawn_delay` / `respawn_max` as launch's respawn, respawn_delay and respawn_max_retries. The run ends as
+`timar_run`'s does: a node that exits with an error (or a respawning node out of respawns) shuts everything
+down, and so does the exit of every node of the plan's `wait_for`. launch and launch_ros are imported only
+when a description is built.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
-from .graph import PACKAGE, NodePlan, get_graph, plan
+from .graph import PACKAGE, NodePlan, describe_exit, get_graph, plan
 
 
 def node_kwargs(n: NodePlan, env: dict[str, str]) -> dict[str, Any]:
@@ -29,6 +31,8 @@ def node_kwargs(n: NodePlan, env: dict[str, str]) -> dict[str, Any]:
     }
     if n.cpus:
         kwargs["prefix"] = "taskset -c " + ",".join(map(str, n.cpus))
+    if n.respawn:  # launch's own respawn (respawn_max_retries: launch >= Iron; -1 = no limit)
+        kwargs.update(respawn=True, respawn_delay=n.respawn_delay, respawn_max_retries=n.respawn_max)
     if env:
         kwargs["additional_env"] = dict(env)
     return kwargs
@@ -56,11 +60,20 @@ def launch_actions(context, graph: str) -> list:
     p = plan(graph, values)
     actions: list = [LogInfo(msg=f"[{graph}] not starting {name} ({why})") for name, why in p.skipped.items()]
     exited: set[str] = set()
+    exits: dict[str, int] = {}
 
     def on_exit(event, _context, name: str) -> list:
+        n = p.node(name)
+        what = f"{name} {describe_exit(event.returncode)}"
+        exits[name] = exits.get(name, 0) + 1
+        if n.respawn:  # launch starts it again itself; one exit more than respawn_max ends the run
+            if n.respawn_max < 0 or exits[name] <= n.respawn_max:
+                return [LogInfo(msg=f"[{graph}] {what}; launch respawns it in {n.respawn_delay:g} s "
+                                    f"(respawn {exits[name]})")]
+            return [EmitEvent(event=Shutdown(reason=f"{what}; no respawn left ({n.respawn_max} used)"))]
         exited.add(name)
         if event.returncode != 0:
-            return [EmitEvent(event=Shutdown(reason=f"{name} exited with code {event.returncode}"))]
+            return [EmitEvent(event=Shutdown(reason=what))]
         if p.wait_for and set(p.wait_for) <= exited:
             return [EmitEvent(event=Shutdown(reason=f"{', '.join(p.wait_for)} done"))]
         return []

@@ -10,8 +10,13 @@ timar_ros/graph.py (`NAME:=VALUE` are its launch arguments; `--config F` is `con
 `namespace:=NS`, `-p` items are `params:=` items, `--nodes`/`--wait-for` set `timar_graph.nodes`/`wait_for`).
 One process per node (`python -m timar_ros.<executable> --ros-args --params-file ... -p ...`), pinned to its
 `timar_graph.cpu_affinity` CPUs. The run ends when every node of the graph's `wait_for` has exited (else when
-all have), when a node fails, at --timeout, or on Ctrl-C; then the rest get SIGINT (SIGKILL after a grace).
-Exit code 0 unless a node exited with an error before the stop or the timeout passed.
+all have), when a node fails, at --timeout, or on Ctrl-C / SIGTERM; then the rest get SIGINT (SIGKILL after a
+grace). Every exit of a node is reported with its pid and exit code or signal. A node with
+`timar_graph.respawn.<node>: true` is started again `respawn_delay` s after it exits (any exit, as launch's
+respawn), at most `respawn_max` times; one more exit is a failure. A node without it that exits with an error
+(or is killed) is a failure: the run stops all nodes and exits 1, so that the process manager above it
+(systemd, a container's restart policy) restarts the whole graph rather than leave half of it running.
+Exit code 0 unless a node failed before the stop or the timeout passed.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
-from .graph import GraphError, NodePlan, Plan, plan, ros_value, usage
+from .graph import GraphError, NodePlan, Plan, describe_exit, plan, ros_value, usage
 
 
 def node_command(n: NodePlan) -> list[str]:
@@ -98,22 +106,64 @@ def stop(procs: dict[str, subprocess.Popen], grace: float = 8.0) -> None:
 STOP = threading.Event()  # set by SIGINT / SIGTERM (see _stop_on_signals)
 
 
-def supervise(procs: dict[str, subprocess.Popen], wait_for: tuple[str, ...], timeout: float) -> list[str]:
-    """Wait for the end of the run; the nodes that failed ("timeout" when it passed)."""
+@dataclass
+class NodeProcess:
+    """One node of the run: its plan, its current process and how often it was started again."""
+
+    plan: NodePlan
+    proc: subprocess.Popen
+    respawns: int = 0
+    respawn_at: float | None = None  # monotonic time of a pending restart
+    ended: bool = False  # exited for good (no restart pending or left)
+
+    @property
+    def respawns_left(self) -> bool:
+        return self.plan.respawn and (self.plan.respawn_max < 0 or self.respawns < self.plan.respawn_max)
+
+
+Starter = Callable[[NodePlan, int], subprocess.Popen]  # (node, respawn number) -> its process, started
+
+
+def supervise(nodes: dict[str, NodeProcess], wait_for: tuple[str, ...], timeout: float,
+              start: Starter | None = None) -> list[str]:
+    """Wait for the end of the run, restarting the nodes configured to respawn; the nodes that failed
+    ("timeout" when it passed)."""
     t_end = time.monotonic() + timeout if timeout > 0 else float("inf")
     failed: list[str] = []
     while time.monotonic() < t_end:
         if STOP.is_set():
             return failed
-        for n, p in procs.items():
-            if p.poll() is not None and p.returncode != 0 and n not in failed:
-                failed.append(n)
-                print(f"[timar_run] {n} exited with code {p.returncode}", flush=True)
+        now = time.monotonic()
+        for name, node in nodes.items():
+            p = node.proc
+            if node.ended:
+                continue
+            if node.respawn_at is None and p.poll() is not None:
+                what = f"[timar_run] {name} {describe_exit(p.returncode)} (pid {p.pid})"
+                if node.respawns_left and start is not None:
+                    node.respawn_at = now + node.plan.respawn_delay
+                    limit = f" of {node.plan.respawn_max}" if node.plan.respawn_max >= 0 else ""
+                    print(f"{what}; respawn {node.respawns + 1}{limit} in {node.plan.respawn_delay:g} s",
+                          flush=True)
+                else:
+                    node.ended = True
+                    if node.plan.respawn:
+                        print(f"{what}; no respawn left ({node.respawns} used)", flush=True)
+                        failed.append(name)
+                    elif p.returncode != 0:
+                        print(what, flush=True)
+                        failed.append(name)
+                    else:
+                        print(what, flush=True)
+            elif node.respawn_at is not None and now >= node.respawn_at:
+                node.respawns += 1
+                node.respawn_at = None
+                node.proc = start(node.plan, node.respawns)
         if failed:
             return failed
-        if wait_for and all(procs[n].poll() is not None for n in wait_for):
+        if wait_for and all(nodes[n].ended for n in wait_for):
             return failed
-        if not wait_for and all(p.poll() is not None for p in procs.values()):
+        if not wait_for and all(n.ended for n in nodes.values()):
             return failed
         time.sleep(0.1)
     print(f"[timar_run] timeout after {timeout} s", flush=True)
@@ -144,30 +194,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[timar_run] not starting {name} ({why})", flush=True)
     if p.sim_time:
         print("[timar_run] conversation_player.rate != 1: the other nodes run on its /clock", flush=True)
-    procs: dict[str, subprocess.Popen] = {}
-    logs = []
+    nodes: dict[str, NodeProcess] = {}
+    logs: dict[str, TextIO] = {}
+
+    def start(n: NodePlan, respawn: int) -> subprocess.Popen:
+        out = logs.get(n.name)
+        if out is not None and respawn:
+            out.write(f"[timar_run] ---- respawn {respawn} of {n.name} ----\n")
+            out.flush()
+        proc = subprocess.Popen(
+            node_command(n), env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+            preexec_fn=(lambda c=n.cpus: os.sched_setaffinity(0, c)) if n.cpus else None,
+        )
+        cpus = f" on CPUs {','.join(map(str, n.cpus))}" if n.cpus else ""
+        again = f", respawn {respawn}" if respawn else ""
+        print(f"[timar_run] started {n.name} (pid {proc.pid}){cpus}{again}", flush=True)
+        return proc
+
     failed: list[str] = []
     try:
         for n in p.nodes:
-            out = None
             if log_dir:
-                out = open(log_dir / f"{n.name}.log", "w")  # noqa: SIM115 (closed below)
-                logs.append(out)
-            procs[n.name] = subprocess.Popen(
-                node_command(n), env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                preexec_fn=(lambda c=n.cpus: os.sched_setaffinity(0, c)) if n.cpus else None,
-            )
-            cpus = f" on CPUs {','.join(map(str, n.cpus))}" if n.cpus else ""
-            print(f"[timar_run] started {n.name} (pid {procs[n.name].pid}){cpus}", flush=True)
-        failed = supervise(procs, p.wait_for, args.timeout)
+                logs[n.name] = open(log_dir / f"{n.name}.log", "w")  # noqa: SIM115 (closed below)
+            nodes[n.name] = NodeProcess(n, start(n, 0))
+            if n.respawn:
+                limit = "no limit" if n.respawn_max < 0 else f"at most {n.respawn_max}"
+                print(f"[timar_run] {n.name} respawns {n.respawn_delay:g} s after an exit ({limit})", flush=True)
+        failed = supervise(nodes, p.wait_for, args.timeout, start)
     except KeyboardInterrupt:
         failed = []
     finally:
-        stop(procs)
-        for f in logs:
+        stop({name: node.proc for name, node in nodes.items()})
+        for f in logs.values():
             f.close()
-    codes = {n: proc.returncode for n, proc in procs.items()}
+    codes = {name: node.proc.returncode for name, node in nodes.items()}
     print(f"[timar_run] exit codes: {codes}", flush=True)
+    respawned = {name: node.respawns for name, node in nodes.items() if node.respawns}
+    if respawned:
+        print(f"[timar_run] respawns: {respawned}", flush=True)
     # SIGINT-stopped nodes may return -2 / 130; only failures before the stop count
     return 1 if failed else 0
 
