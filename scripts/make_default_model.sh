@@ -50,7 +50,7 @@ for split in test ood; do
       timar eval "$@" --data "$DATA/$split" --history 0,7 --out "$EVAL/$system/$split"
   }
   ev timar-small --checkpoint runs/small-synthetic/final
-  ev timar-small-paper-sampling --checkpoint runs/small-synthetic/final --temperature 1 --noise-correlation 0
+  ev timar-small-paper-sampling --checkpoint runs/small-synthetic/final --temperature 1 --noise-correlation 0 --head-smoothing 0
   ev mlp-head --checkpoint runs/small-synthetic-mlp/final
   ev zero --baseline zero
   ev mean --baseline mean --train-data "$DATA/train"

@@ -1,5 +1,6 @@
 """The release tooling behind `make_default_model.sh` and the model card, run as `timar` subcommands:
-results-table, diagnose, jaw-budget, card-check (the sweep is tested in test_evaluate.py)."""
+results-table, diagnose, jaw-budget, card-check, the sweep's head smoothing (the sweep itself is tested in
+test_evaluate.py)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,27 @@ def test_card_check_without_a_record_says_how_to_write_one(models, capsys):
     diffusion, _ = models
     assert cli.main(["card-check", str(diffusion)]) == 2
     assert re.search("timar card-check .* --write", capsys.readouterr().err)
+
+
+def test_sweep_head_smoothing(models, test_split, tmp_path, capsys):
+    """`timar sweep --head-smoothing a` evaluates every setting with that head low-pass (its own folders):
+    the same samples, the head rotation slower, expression and jaw unchanged."""
+    import numpy as np
+
+    from timar_model.eval.metrics import head_speed
+    from timar_model.motion import HEAD_ROT
+
+    ckpt, out = models[0], tmp_path / "sweep"
+    base = ["sweep", str(ckpt), "--data", str(test_split), "--temperatures", "1", "--noise-correlations", "0",
+            "--history", "1", "--out", str(out)]
+    assert cli.main(base) == 0
+    assert cli.main([*base, "--head-smoothing", "0.6"]) == 0
+    assert "head smoothing 0.6" in (out / "sweep.md").read_text()
+    for clip in sorted(p.name for p in (out / "t1-r0" / "n1").glob("*.npy")):
+        raw = np.load(out / "t1-r0" / "n1" / clip)
+        smooth = np.load(out / "t1-r0-h0.6" / "n1" / clip)
+        np.testing.assert_array_equal(smooth[:, :HEAD_ROT.start], raw[:, :HEAD_ROT.start])
+        assert head_speed(smooth) < head_speed(raw)
+    capsys.readouterr()
+    assert cli.main([*base, "--head-smoothing", "1"]) == 2
+    assert "head-smoothing" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import warnings
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("timar_model.eval.bench", "per-turn latency, parameters and FLOPs of each preset"),
+    "export": ("timar_model.deploy.onnx_export", "a model as ONNX graphs for onnxruntime / TensorRT (+ int8 backbone)"),
     "convert-public": ("timar_model.model.convert", "convert the public TIMAR.pth (+ wav2vec2 folder) to this format"),
     "synth": ("timar_model.data.synth", "generate a synthetic two-person conversation corpus (DualTalk layout)"),
     "train": ("timar_model.train.loop", "train TIMAR from a YAML recipe"),
@@ -25,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "boundary": ("timar_model.eval.boundary", "turn-boundary jumps vs steps inside turns: raw model and head bridge"),
     "sweep": ("timar_model.eval.sweep", "evaluate a model at each sampling temperature and noise correlation"),
     "results-table": ("timar_model.eval.results_table", "Markdown result tables from `timar eval` outputs"),
+    "compare": ("timar_model.eval.compare", "train + evaluate TIMAR-small, ablations, DualTalk: paper table + claims"),
     "jaw-budget": ("timar_model.eval.jaw_budget", "where a model's MSE-jaw comes from (regression vs sampling)"),
     "diagnose": ("timar_model.eval.diagnose", "what a model's backbone carries and how its diffusion head samples"),
     "card-check": ("timar_model.eval.model_card", "rerun a shipped model's fixed-subset check (--write: record it)"),

@@ -2,6 +2,7 @@
 
     timar eval --checkpoint DIR --data DIR/test --history 0,1,3,7 [--out DIR] [--limit N]
     timar eval --baseline zero|mean|copy-partner [--train-data DIR/train] --data DIR/test ...
+    timar eval ... --partner-motion full|pose|none   (what the model is given of the partner's motion)
 
 For every history n (number of previous turns the model sees, the paper's n; the generator's window
 is n + 1 turns) and every speaker role of every clip (each speaker once as agent, the other as user),
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from timar_model.data.dualtalk import dualtalk_from_motion56
+from timar_model.data.partner_motion import PARTNER_MOTION_MODES, PartnerMotionSample
 from timar_model.eval import metrics as M
 from timar_model.eval.baselines import BASELINES, Baseline, make_baseline
 from timar_model.motion import FRAMES_PER_TURN, MOTION_DIM, SAMPLES_PER_TURN
@@ -129,6 +131,12 @@ def stream_sample(gen, sample, turns: int) -> np.ndarray:
 
 def generator_predictor(gen) -> Predictor:
     return lambda sample, turns: stream_sample(gen, sample, turns)
+
+
+def partner_predictor(predict: Predictor, mode: str) -> Predictor:
+    """`predict` given the partner's motion seen through `mode` (full | pose | none; see
+    timar_model.data.partner_motion); the metrics still use the real partner."""
+    return predict if mode == "full" else (lambda sample, turns: predict(PartnerMotionSample(sample, mode), turns))
 
 
 def baseline_predictor(baseline: Baseline) -> Predictor:
@@ -247,7 +255,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="only the first N clips (2N predictions), sorted by name")
     parser.add_argument("--max-seconds", type=int, help="only the first N whole seconds of each sample")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
+                        help="torch: float32 | bfloat16; onnxruntime: float32 | float16 | int8 (int8 backbone)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                        help="onnxruntime: the graphs of `timar export` (made on the fly unless --onnx-dir)")
+    parser.add_argument("--onnx-dir", type=Path, help="an export of this checkpoint (`timar export`)")
     parser.add_argument("--steps", type=int, help="diffusion sampling steps (default: the model config)")
     parser.add_argument("--temperature", type=float, help="sampling temperature (default: the model config)")
     parser.add_argument(
@@ -255,7 +267,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="frame-to-frame correlation of the sampling noise in [0, 1) (default: the model config; 0 = the paper)",
     )
+    parser.add_argument(
+        "--head-smoothing",
+        type=float,
+        help="causal low-pass of the head rotation output in [0, 1) (default: the model config; 0 = off)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (each sample restarts from it)")
+    parser.add_argument("--sliding-window", action="store_true",
+                        help="DualTalk baseline only: a streaming use (turn k from turns [k - n, k]) instead of "
+                             "its published offline whole-clip inference (the same prediction at every n)")
+    parser.add_argument("--partner-motion", choices=PARTNER_MOTION_MODES, default="full",
+                        help="partner motion the model is given: full (face tracker), pose (head rotation only, "
+                             "neutral face) or none (zeros); the metrics use the real partner")
 
 
 def load_split(data_dir: Path, limit: int | None) -> list:
@@ -281,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
     samples = load_split(args.data, args.limit)
     name = args.checkpoint.resolve().name if args.checkpoint else f"baseline-{args.baseline}"
     out = args.out or Path("outputs") / "eval" / name / args.data.resolve().name
-    meta = {"data": str(args.data), "samples": len(samples), "max_seconds": args.max_seconds}
+    meta = {"data": str(args.data), "samples": len(samples), "max_seconds": args.max_seconds,
+            "partner_motion": args.partner_motion}
 
     predictors: dict[int, Predictor] = {}
     if args.baseline:
@@ -299,26 +323,43 @@ def run(args: argparse.Namespace) -> int:
                 f"--history {history[-1]} needs {history[-1] + 1} turns but {args.checkpoint} "
                 f"was trained with context_turns={window} (largest n is {window - 1})"
             )
-        for n in history:
-            gen = StreamingGenerator(
-                model,
-                device=args.device,
-                dtype=args.dtype,
-                context_turns=n + 1,
-                num_sampling_steps=args.steps,
-                temperature=args.temperature,
-                seed=args.seed,
-                noise_correlation=args.noise_correlation,
-            )
-            predictors[n] = generator_predictor(gen)
-        meta.update(checkpoint=str(args.checkpoint), seed=args.seed, device=args.device, dtype=args.dtype,
-                    temperature=gen.temperature, noise_correlation=gen.noise_correlation)  # the sampling used
+        if getattr(model.config, "model_type", "timar") == "dualtalk":  # the baseline: no sampling
+            from timar_model.model.dualtalk_baseline import dualtalk_predictor
+
+            inference = "sliding" if args.sliding_window else "offline"
+            predictors = {n: dualtalk_predictor(model, inference, n) for n in history}
+            meta.update(checkpoint=str(args.checkpoint), device=args.device, inference=inference)
+        else:
+            onnx_dir, export_tmp = args.onnx_dir, None
+            if args.backend == "onnxruntime" and onnx_dir is None:  # one export for every history
+                from timar_model.deploy.ort_backend import temporary_export
+
+                export_tmp = temporary_export(model, args.dtype, args.steps)
+                onnx_dir = export_tmp.name
+            for n in history:
+                gen = StreamingGenerator(
+                    model,
+                    device=args.device,
+                    dtype=args.dtype,
+                    context_turns=n + 1,
+                    num_sampling_steps=args.steps,
+                    temperature=args.temperature,
+                    seed=args.seed,
+                    noise_correlation=args.noise_correlation,
+                    backend=args.backend,
+                    onnx_dir=onnx_dir,
+                    head_smoothing=args.head_smoothing,
+                )
+                predictors[n] = generator_predictor(gen)
+            meta.update(checkpoint=str(args.checkpoint), seed=args.seed, device=args.device, dtype=args.dtype,
+                        backend=args.backend,
+                        temperature=gen.temperature, noise_correlation=gen.noise_correlation,
+                        head_smoothing=gen.head_smoothing)  # the sampling used
 
     results = []
     for n in history:
-        results.append(
-            evaluate_predictor(predictors[n], samples, out / f"n{n}", n, args.max_seconds, progress=True)
-        )
+        predict = partner_predictor(predictors[n], args.partner_motion)
+        results.append(evaluate_predictor(predict, samples, out / f"n{n}", n, args.max_seconds, progress=True))
     write_results(out, results, meta)
     print(M.format_table({f"{name} n={r.history}": r.mean for r in results}))
     for r in results:

@@ -11,7 +11,9 @@ The temperature scales the fresh noise of every diffusion step (not x_T), as in 
 evaluation is kept in OUT/t<T>-r<rho>/ and skipped when it exists. Writes OUT/sweep.csv, OUT/sweep.md and
 OUT/sweep.png, and prints the setting with the lowest FD-exp, the paper's headline metric, and the pick
 for a model's defaults (`pick()`: a smoother head for at most `--fd-tolerance` more FD-exp). `--reference`
-adds a finished `timar eval` folder (e.g. the MLP-head ablation) as a horizontal line. Sweep on a split
+adds a finished `timar eval` folder (e.g. the MLP-head ablation) as a horizontal line. Every evaluation uses
+the model's `head_smoothing` (a low-pass of the head rotation output) unless `--head-smoothing` sets one for
+the whole sweep (then its folders are OUT/t<T>-r<rho>-h<a>/). Sweep on a split
 that is not the test split: `timar synth OUT --seed 1 --splits test` makes one with new clips from the
 training distribution.
 """
@@ -66,13 +68,15 @@ def pick(rows: dict[tuple[float, float], dict[str, float]], fd_tolerance: float)
     return temp, rho
 
 
-def run_eval(checkpoint: Path, data: Path, temperature: float, rho: float, history: int, out: Path) -> None:
+def run_eval(checkpoint: Path, data: Path, temperature: float, rho: float, history: int, out: Path,
+             head_smoothing: float | None = None) -> None:
     parser = argparse.ArgumentParser()
     evaluate.add_arguments(parser)
-    args = parser.parse_args(["--checkpoint", str(checkpoint), "--data", str(data), "--history", str(history),
-                              "--temperature", str(temperature), "--noise-correlation", str(rho),
-                              "--out", str(out)])
-    evaluate.run(args)
+    argv = ["--checkpoint", str(checkpoint), "--data", str(data), "--history", str(history),
+            "--temperature", str(temperature), "--noise-correlation", str(rho), "--out", str(out)]
+    if head_smoothing is not None:
+        argv += ["--head-smoothing", str(head_smoothing)]
+    evaluate.run(parser.parse_args(argv))
 
 
 Setting = tuple[float, float]  # (temperature, noise correlation)
@@ -110,6 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperatures", default="0.3,0.4,0.5,0.6,0.7,1.0", help="sampling temperatures (comma list)")
     parser.add_argument("--noise-correlations", default="0", help="frame-to-frame noise correlations in [0, 1)")
     parser.add_argument("--history", type=int, default=7, help=evaluate.HISTORY_HELP)
+    parser.add_argument("--head-smoothing", type=float,
+                        help="head-rotation low-pass in [0, 1) for every evaluation (default: the model config)")
     parser.add_argument("--fd-tolerance", type=float, default=0.1,
                         help="the pick's allowed FD-exp loss (relative) for a smoother head (see pick())")
     parser.add_argument("--reference", type=Path, help="a finished `timar eval` folder drawn as a line")
@@ -119,14 +125,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = [(t, r) for r in parse_values(args.noise_correlations, "--noise-correlations", 1.0)
                 for t in parse_values(args.temperatures, "--temperatures")]
+    smoothing = args.head_smoothing
+    if smoothing is not None and not 0 <= smoothing < 1:
+        raise ValueError(f"--head-smoothing: need a value in [0, 1), got {smoothing:g}")
+    suffix = "" if smoothing is None else f"-h{smoothing:g}"
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows: dict[Setting, dict[str, float]] = {}
     for t, r in settings:
-        folder = args.out / f"t{t:g}-r{r:g}"
+        folder = args.out / f"t{t:g}-r{r:g}{suffix}"
         if not (folder / "metrics.json").is_file():
             print(f"temperature {t:g}, noise correlation {r:g}: evaluating -> {folder}")
-            run_eval(args.checkpoint, args.data, t, r, args.history, folder)
+            run_eval(args.checkpoint, args.data, t, r, args.history, folder, smoothing)
         rows[t, r] = row(folder / "metrics.json", args.history)
     reference = row(args.reference / "metrics.json", args.history) if args.reference else None
     ref_name = args.reference.name if args.reference else ""
@@ -136,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
         w.writerow(["temperature", "noise_correlation", *(k for k, _ in PLOTTED)])
         for t, r in settings:
             w.writerow([f"{t:g}", f"{r:g}", *(f"{rows[t, r][k]:.6g}" for k, _ in PLOTTED)])
-    lines = [f"Temperature sweep: {args.checkpoint} on {args.data}, n = {args.history} (`timar sweep`)\n",
+    used = "the model's" if smoothing is None else f"{smoothing:g}"
+    lines = [f"Temperature sweep: {args.checkpoint} on {args.data}, n = {args.history}, head smoothing {used} "
+             "(`timar sweep`)\n",
              "| temperature | noise corr. | " + " | ".join(label for _, label in PLOTTED) + " |",
              "|---|---|" + "---|" * len(PLOTTED)]
     for t, r in settings:

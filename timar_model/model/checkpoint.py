@@ -33,6 +33,8 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def save_pretrained(model: TIMAR, directory: str | Path) -> Path:
+    """config.json + model.safetensors of a TIMAR (or a DualTalk baseline: its config.json says
+    "model_type": "dualtalk"; a config.json without model_type is TIMAR)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=1))
@@ -41,7 +43,18 @@ def save_pretrained(model: TIMAR, directory: str | Path) -> Path:
     return directory
 
 
+def model_type(directory: str | Path) -> str:
+    """"timar" or "dualtalk": the model_type of a model directory's config.json (absent: timar)."""
+    path = Path(directory) / CONFIG_NAME
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "timar"  # load_pretrained reports the missing / unreadable file
+    return d.get("model_type", "timar") if isinstance(d, dict) else "timar"
+
+
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> TIMAR:
+    """The model of a directory saved by save_pretrained: TIMAR, or the DualTalk baseline."""
     directory = Path(directory)
     cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for p in (cfg_path, w_path):
@@ -52,8 +65,12 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
                 "with `timar train` (this project's synthetic model ships in models/timar-small-synth/) or "
                 "`timar convert-public TIMAR.pth --speech-encoder DIR --out DIR` for the public release."
             )
-    config = TimarConfig.load(cfg_path)
-    model = TIMAR(config)
+    if model_type(directory) == "dualtalk":
+        from timar_model.model.dualtalk_baseline import DualTalk, DualTalkConfig
+
+        model = DualTalk(DualTalkConfig.load(cfg_path))
+    else:
+        model = TIMAR(TimarConfig.load(cfg_path))
     try:
         sd = load_file(str(w_path))
     except (SafetensorError, OSError) as e:

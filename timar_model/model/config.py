@@ -106,6 +106,12 @@ class TimarConfig:
     # 0 = an independent draw per token, as the public code; each frame's marginal is N(0, I) either way,
     # but independent draws make a per-token head jitter from frame to frame (`head_speed_ratio`).
     noise_correlation: float = 0.0
+    # Sampling only, streaming: a causal one-pole low-pass on the head rotation (columns 53:56) of the output,
+    # y_f = a * y_(f-1) + (1 - a) * x_f, continuous across turns; 0 = off (the samples as drawn). The head's
+    # remaining frame-to-frame jitter at a noise correlation that keeps FD-exp (`head_speed_ratio`) is
+    # removed at a delay of about a / (1 - a) frames; expression and jaw are untouched
+    # (models/timar-small-synth/SMOOTHNESS.md).
+    head_smoothing: float = 0.0
     # --- speech front-end ---
     speech_encoder: str = "logmel"
     speech_encoder_config: dict[str, Any] | None = None  # transformers config dict (wav2vec2 / hubert)
@@ -144,6 +150,8 @@ class TimarConfig:
                 raise ValueError("TimarConfig: motion_std must be > 0 in every dimension")
         if not 0.0 < self.mask_ratio_min <= 1.0:
             raise ValueError(f"TimarConfig: mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
+        if not 0.0 <= self.head_smoothing < 1.0:
+            raise ValueError(f"TimarConfig: head_smoothing must be in [0, 1), got {self.head_smoothing}")
         if self.backbone == "encoder_decoder" and self.decoder_depth < 1:
             raise ValueError("TimarConfig: backbone='encoder_decoder' needs decoder_depth >= 1")
 

@@ -122,15 +122,25 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - ac_prev) * np.sqrt(1.0 - betas) / (1.0 - ac)
         self.log_betas = np.log(betas)
         self._map = torch.tensor(self.timestep_map, dtype=torch.long)
+        # per device: the coefficient tables (and _map) copied there once, not at every sampling step (a host
+        # to GPU copy per call waits for the GPU)
+        self._on_device: dict[tuple[int, torch.device], tuple[object, torch.Tensor]] = {}
 
-    @staticmethod
-    def _extract(arr: np.ndarray, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _table(self, arr: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+        key = (id(arr), device)
+        hit = self._on_device.get(key)
+        if hit is None or hit[0] is not arr:  # (the identity check makes a reused id harmless)
+            hit = (arr, (torch.from_numpy(arr) if isinstance(arr, np.ndarray) else arr).to(device))
+            self._on_device[key] = hit
+        return hit[1]
+
+    def _extract(self, arr: np.ndarray, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # (N,) float64 coefficients at t -> float32 (N, 1, ...) broadcastable to x
-        res = torch.from_numpy(arr).to(t.device)[t].float()
+        res = self._table(arr, t.device)[t].float()
         return res.view(-1, *([1] * (x.dim() - 1)))
 
     def original_t(self, t: torch.Tensor) -> torch.Tensor:
-        return self._map.to(t.device)[t]
+        return self._table(self._map, t.device)[t]
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return (
@@ -219,9 +229,12 @@ class GaussianDiffusion:
                 f"p_sample_loop: noise must be ({steps + 1}, {N}, {channels}), got {tuple(noise.shape)}"
             )
 
+        if noise is not None:
+            noise = noise.to(device=c.device, dtype=torch.float32)  # one copy, not one per step
+
         def draw(i: int) -> torch.Tensor:
             if noise is not None:
-                return noise[i].to(device=c.device, dtype=torch.float32)
+                return noise[i]
             return torch.randn(
                 N, channels, generator=generator, device=c.device if generator is None else generator.device
             ).to(c.device)

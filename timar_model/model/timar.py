@@ -28,14 +28,30 @@ USER_TYPES = (USER_SPEECH, USER_MOTION)
 PUBLIC_EXCLUDED_PREFIXES = ("speech_encoder.",)
 
 
-def turn_token_types(frames: int) -> torch.Tensor:
-    """(4F + 10,) token type of every position of one turn."""
+def _turn_kinds(frames: int) -> list[int]:
     seg = [SPECIAL, SPECIAL]
     for kind in (USER_SPEECH, USER_MOTION, AGENT_SPEECH, AGENT_MOTION):
         seg += [kind] * frames + [SPECIAL, SPECIAL]  # ..., <KIND_END>, <NEXT_START or TURN_END>
-    types = torch.tensor(seg, dtype=torch.long)
-    assert len(types) == 4 * frames + NUM_SPECIAL_TOKENS
-    return types
+    assert len(seg) == 4 * frames + NUM_SPECIAL_TOKENS
+    return seg
+
+
+def turn_token_types(frames: int) -> torch.Tensor:
+    """(4F + 10,) token type of every position of one turn."""
+    return torch.tensor(_turn_kinds(frames), dtype=torch.long)
+
+
+def turn_source_order(frames: int) -> torch.Tensor:
+    """(4F + 10,) for each position of a turn, its row in the concatenation [special tokens (10); user speech (F);
+    user motion (F); agent speech (F); agent motion (F)]: one gather builds a turn (TIMAR.interleave)."""
+    kinds = (SPECIAL, USER_SPEECH, USER_MOTION, AGENT_SPEECH, AGENT_MOTION)
+    start = dict(zip(kinds, (0, *(NUM_SPECIAL_TOKENS + i * frames for i in range(4)))))
+    seen = dict.fromkeys(kinds, 0)
+    order = []
+    for kind in _turn_kinds(frames):
+        order.append(start[kind] + seen[kind])
+        seen[kind] += 1
+    return torch.tensor(order, dtype=torch.long)
 
 
 def turn_special_positions(frames: int) -> torch.Tensor:
@@ -95,6 +111,11 @@ class TIMAR(nn.Module):
         self.tokens_per_turn = c.tokens_per_turn
         self.seq_len = c.seq_len
         self.register_buffer("turn_types", turn_token_types(F), persistent=False)  # (110,)
+        # index tensors, so that building turns and selecting agent positions index with integers: a boolean
+        # mask index needs nonzero(), which waits for a GPU on every call
+        self.register_buffer("turn_order", turn_source_order(F), persistent=False)  # (110,)
+        agent_pos = [i for i, k in enumerate(_turn_kinds(F)) if k == AGENT_MOTION]
+        self.register_buffer("agent_turn_pos", torch.tensor(agent_pos, dtype=torch.long), persistent=False)  # (F,)
         # motion normalisation from the config (identity when unset; not part of the state dict)
         has_norm = c.motion_std is not None
         mean = torch.tensor(c.motion_mean, dtype=torch.float32) if has_norm else torch.zeros(c.motion_dim)
@@ -260,22 +281,22 @@ class TIMAR(nn.Module):
         n = T // F
         if agent_motion is None:
             agent_motion = user_speech.new_zeros(B, T, D)
-        out = user_speech.new_empty(B, n, self.tokens_per_turn, D)
-        types = self.turn_types
-        out[:, :, types == SPECIAL] = self.sep_tok_emb.weight.to(out.dtype)  # (10, D) broadcast over (B, n)
-        for kind, src in (
-            (USER_SPEECH, user_speech),
-            (USER_MOTION, user_motion),
-            (AGENT_SPEECH, agent_speech),
-            (AGENT_MOTION, agent_motion),
-        ):
-            out[:, :, types == kind] = src.reshape(B, n, F, D)
-        return out.reshape(B, n * self.tokens_per_turn, D)
+        dt = user_speech.dtype
+        special = self.sep_tok_emb.weight.to(dt).expand(B, n, NUM_SPECIAL_TOKENS, D)
+        streams = (x.to(dt).reshape(B, n, F, D) for x in (user_speech, user_motion, agent_speech, agent_motion))
+        src = torch.cat([special, *streams], dim=2)  # (B, n, 10 + 4F, D)
+        return src[:, :, self.turn_order].reshape(B, n * self.tokens_per_turn, D)
 
     def window_types(self, num_tokens: int, device=None) -> torch.Tensor:
         """(T,) token types of a window of whole turns."""
         n = num_tokens // self.tokens_per_turn
         return self.turn_types.to(device or self.turn_types.device).repeat(n)
+
+    def agent_positions(self, num_tokens: int, device=None) -> torch.Tensor:
+        """(n * F,) ascending positions of the agent-motion tokens of a window of whole turns."""
+        pos = self.agent_turn_pos.to(device or self.agent_turn_pos.device)
+        turns = torch.arange(num_tokens // self.tokens_per_turn, device=pos.device)
+        return (turns[:, None] * self.tokens_per_turn + pos[None]).reshape(-1)
 
     def window_turn_ids(self, num_tokens: int, device=None) -> torch.Tensor:
         """(T,) turn index of each token of a window (relative; only the order matters)."""
@@ -287,9 +308,8 @@ class TIMAR(nn.Module):
         """Replace each user token (speech and motion) by fake_latent with probability `prob`.
         tokens (B, T, D) -> (tokens, dropped (B, T) bool)."""
         B, T, _ = tokens.shape
-        is_user = torch.isin(
-            self.window_types(T, tokens.device), torch.tensor(USER_TYPES, device=tokens.device)
-        )
+        types = self.window_types(T, tokens.device)
+        is_user = (types == USER_TYPES[0]) | (types == USER_TYPES[1])
         r = torch.rand(B, T, device=tokens.device, generator=generator)
         dropped = (r < prob) & is_user
         return torch.where(dropped.unsqueeze(-1), self.fake_latent.to(tokens.dtype), tokens), dropped
@@ -371,8 +391,7 @@ class TIMAR(nn.Module):
         if mask_rate is None:
             gen = self.mask_ratio_generator
             mask_rate = 1.0 if gen is None else float(gen.rvs(1)[0])
-        agent = self.window_types(num_tokens, device) == AGENT_MOTION
-        agent_idx = agent.nonzero().squeeze(1)  # (n_agent,)
+        agent_idx = self.agent_positions(num_tokens, device)  # (n_agent,)
         k = int(np.ceil(len(agent_idx) * mask_rate))
         order = torch.rand(batch, len(agent_idx), device=device, generator=generator).argsort(dim=1)
         chosen = agent_idx[order[:, :k]]  # (B, k)
@@ -416,7 +435,7 @@ class TIMAR(nn.Module):
         if mask is None:
             mask = self.sample_mask(T, B, tokens.device, generator=generator)
         z = self.forward_backbone(tokens, mask)  # (B, T, Wz)
-        agent = self.window_types(T, tokens.device) == AGENT_MOTION
+        agent = self.agent_positions(T, tokens.device)  # (n*F,) in frame order
         agent_motion = self.motion_to_model(agent_motion)  # targets in the model's motion space
         z_sel = z[:, agent]  # (B, n*F, Wz), same order as agent_motion frames
         m_sel = mask[:, agent]  # (B, n*F)

@@ -11,6 +11,16 @@ a copy (the model passed in is not modified; later changes to its weights are no
 The backbone's matmuls, attention and GELU then run in bf16 while its residual stream, LayerNorms, the
 token embedding, the speech encoder and the diffusion head stay float32; no autocast, no per-call weight
 casts. Against float32: max |error| ~1e-3 on the reference-tiny stream, see tests/test_streaming.py.
+
+backend "onnxruntime": the three stages (turn tokens, backbone, sampler) run the graphs of `timar export`
+(timar_model/deploy) instead of the PyTorch modules; dtype then picks the export's variant: float32, float16
+or int8 (int8 linears in the backbone). Normalisation, the window and the noise draws stay here, so for the
+same seed both backends emit the same motion to float32 rounding. onnx_dir: an export of this model (checked
+against its weights), or None to export into a temporary folder at construction.
+
+Device and dtype come only from the arguments (nothing assumes a CPU): the per-turn path moves the inputs to
+the device once and the motion back once; the CUDA synchronisations are only those that close a stage's
+timing (last_timings).
 """
 
 from __future__ import annotations
@@ -28,8 +38,10 @@ from timar_model.model.diffusion import create_diffusion
 from timar_model.model.speech import RunningAudioNorm, _zero_mean_unit_var
 from timar_model.model.timar import AGENT_MOTION, TIMAR
 from timar_model.model.vit import cast_linears
+from timar_model.motion import HEAD_ROT
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}
+BACKENDS = ("torch", "onnxruntime")
 
 
 def low_precision_backbone(model: TIMAR, dtype: torch.dtype) -> TIMAR:
@@ -65,12 +77,18 @@ class StreamingGenerator:
         seed: int | None = 0,
         audio_norm: str | None = None,
         noise_correlation: float | None = None,
+        backend: str = "torch",
+        onnx_dir: str | Path | None = None,
+        head_smoothing: float | None = None,
     ):
         cfg = model.config
-        if dtype not in DTYPES:
+        if backend not in BACKENDS:
+            raise ValueError(f"StreamingGenerator: backend {backend!r}; expected one of {BACKENDS}")
+        if backend == "torch" and dtype not in DTYPES:
             raise ValueError(f"StreamingGenerator: dtype {dtype!r}; expected one of {sorted(DTYPES)}")
         self.device = torch.device(device)
-        self.dtype = DTYPES[dtype]
+        self.backend = backend
+        self.dtype = DTYPES.get(dtype, torch.float32)  # onnxruntime: the graphs' inputs and outputs are float32
         self.model = model.to(self.device).eval()
         # the network that runs: the model itself, or a view of it with low-precision transformer blocks
         self.net = self.model if self.dtype == torch.float32 else low_precision_backbone(self.model, self.dtype)
@@ -86,6 +104,10 @@ class StreamingGenerator:
         if not 0.0 <= rho < 1.0:
             raise ValueError(f"StreamingGenerator: noise_correlation must be in [0, 1), got {rho}")
         self.noise_correlation = rho
+        smooth = cfg.head_smoothing if head_smoothing is None else float(head_smoothing)
+        if not 0.0 <= smooth < 1.0:
+            raise ValueError(f"StreamingGenerator: head_smoothing must be in [0, 1), got {smooth}")
+        self.head_smoothing = smooth
         self.diffusion = None
         if num_sampling_steps is not None and cfg.head == "diffusion":
             self.diffusion = create_diffusion(
@@ -98,6 +120,19 @@ class StreamingGenerator:
                 "use 'turn', 'running' or 'none' (input already normalised)"
             )
         self.seed = seed
+        self.ort = None
+        if backend == "onnxruntime":
+            from timar_model.deploy.ort_backend import OrtBackend
+
+            diffusion = self.diffusion or (self.model.diffloss.gen_diffusion if cfg.head == "diffusion" else None)
+            self.ort = OrtBackend.for_model(
+                self.model,
+                dtype=dtype,
+                export_dir=onnx_dir,
+                timestep_map=diffusion.timestep_map if diffusion is not None else None,
+                steps=num_sampling_steps,
+                device=self.device,
+            )
         F = cfg.frames_per_turn
         types = model.turn_types.to(self.device)
         self._agent_pos = (types == AGENT_MOTION).nonzero().squeeze(1)  # (F,) positions in a turn
@@ -118,6 +153,9 @@ class StreamingGenerator:
         seed: int | None = 0,
         audio_norm: str | None = None,
         noise_correlation: float | None = None,
+        backend: str = "torch",
+        onnx_dir: str | Path | None = None,
+        head_smoothing: float | None = None,
     ) -> StreamingGenerator:
         from timar_model.model.checkpoint import load_pretrained
 
@@ -131,6 +169,9 @@ class StreamingGenerator:
             seed=seed,
             audio_norm=audio_norm,
             noise_correlation=noise_correlation,
+            backend=backend,
+            onnx_dir=onnx_dir,
+            head_smoothing=head_smoothing,
         )
 
     # ------------------------------------------------------------------ properties
@@ -162,6 +203,7 @@ class StreamingGenerator:
             self.generator.seed()
         self.turn_index = 0
         self._noise_state: torch.Tensor | None = None  # (steps + 1, C): last frame's noise (noise_correlation)
+        self._head_state: np.ndarray | None = None  # (3,): last output frame's head rotation (head_smoothing)
 
     # ------------------------------------------------------------------ one turn
     def _check(self, name: str, x, shape: tuple[int, ...]) -> np.ndarray:
@@ -194,6 +236,19 @@ class StreamingGenerator:
         self._noise_state = prev
         return out.to(self.device)
 
+    def smooth_head(self, motion: np.ndarray) -> np.ndarray:
+        """The head rotation of (F, 56) raw motion low-passed in place (head_smoothing a: y_f = a * y_(f-1) +
+        (1 - a) * x_f, from the previous turn's last output frame; the conversation's first frame as drawn)."""
+        a = self.head_smoothing
+        if a <= 0.0:
+            return motion
+        y = self._head_state
+        for f in range(len(motion)):
+            y = motion[f, HEAD_ROT].copy() if y is None else a * y + (1.0 - a) * motion[f, HEAD_ROT]
+            motion[f, HEAD_ROT] = y
+        self._head_state = y
+        return motion
+
     def _window(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         """For a window of T tokens: mask (T,) bool of every agent-motion position (all masked) and
         out_index (F,) of the current (last) turn's agent positions; computed once per window length."""
@@ -214,33 +269,61 @@ class StreamingGenerator:
         us = self._check("user_speech", user_speech, (S,))
         um = self._check("user_motion", user_motion, (F, self.config.motion_dim))
         ag = self._check("agent_speech", agent_speech, (S,))
-        m = self.net
         t0 = time.perf_counter()
-        audio = torch.from_numpy(np.stack([self._normalise("user", us), self._normalise("agent", ag)]))
-        sp = m.encode_speech(audio.to(self.device))  # (2, F, D)
-        mo = m.encode_motion(torch.from_numpy(um).to(self.device)[None])  # (1, F, D)
-        self._turns.append(m.interleave(sp[:1], mo, sp[1:]))  # (1, 4F + 10, D)
+        audio = np.stack([self._normalise("user", us), self._normalise("agent", ag)])
+        self._turns.append(self.encode_turn(audio, um))  # (1, 4F + 10, D)
         self._sync()
         t1 = time.perf_counter()
-        tokens = torch.cat(list(self._turns), dim=1)  # (1, T, D), T = turns * (4F + 10)
-        mask, out_index = self._window(tokens.shape[1])  # all agent positions masked; current turn's rows
-        z = m.forward_backbone(tokens, mask, out_index=out_index)[0].float()  # (F, Wz)
+        z = self.run_backbone(torch.cat(list(self._turns), dim=1))  # (F, Wz) from the window (1, T, D)
         self._sync()
         t2 = time.perf_counter()
-        if noise is None and self.noise_correlation > 0 and self.config.head == "diffusion":
-            noise = self.coherent_noise(F)
-        motion = m.sample_positions(
-            z,
-            temperature=self.temperature,
-            noise=noise,
-            generator=self.generator,
-            diffusion=self.diffusion,
-        )  # (F, 56)
-        out = motion.float().cpu().numpy()
+        out = self.smooth_head(self.sample(z, noise).float().cpu().numpy())  # (F, 56)
         t3 = time.perf_counter()
         self.last_timings = {"speech": t1 - t0, "backbone": t2 - t1, "diffusion": t3 - t2, "total": t3 - t0}
         self.turn_index += 1
         return out
+
+    # ------------------------------------------------------------------ the three stages of a turn
+    def encode_turn(self, audio: np.ndarray, user_motion: np.ndarray) -> torch.Tensor:
+        """Normalised audio (2, S) [user; agent] and raw user motion (F, 56) -> the turn's tokens (1, 4F + 10, D)
+        on the device (agent-motion slots zero: they are always masked)."""
+        if self.ort is not None:
+            return torch.from_numpy(self.ort.turn(audio, user_motion))
+        m = self.net
+        sp = m.encode_speech(torch.from_numpy(audio).to(self.device))  # (2, F, D)
+        mo = m.encode_motion(torch.from_numpy(user_motion).to(self.device)[None])  # (1, F, D)
+        return m.interleave(sp[:1], mo, sp[1:])
+
+    def run_backbone(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Window tokens (1, T, D) -> z (F, Wz) at the last turn's agent positions, every agent position masked."""
+        if self.ort is not None:
+            return torch.from_numpy(self.ort.backbone(tokens.numpy()))
+        mask, out_index = self._window(tokens.shape[1])  # all agent positions masked; current turn's rows
+        return self.net.forward_backbone(tokens, mask, out_index=out_index)[0].float()
+
+    def sample(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """z (F, Wz) -> raw motion (F, 56). noise: explicit draws (steps + 1, F, 56), else coherent noise
+        (noise_correlation > 0) or independent draws from the generator, in the sampler's order."""
+        diffusion_head = self.config.head == "diffusion"
+        if noise is None and self.noise_correlation > 0 and diffusion_head:
+            noise = self.coherent_noise(self.frames_per_turn)
+        if self.ort is None:
+            return self.net.sample_positions(
+                z, temperature=self.temperature, noise=noise, generator=self.generator, diffusion=self.diffusion
+            )
+        if diffusion_head:
+            noise = self._independent_noise(z.shape[0]) if noise is None else noise
+            expected = (self.ort.manifest["steps"] + 1, z.shape[0], self.config.motion_dim)
+            if tuple(noise.shape) != expected:
+                raise ValueError(f"StreamingGenerator.step: noise must be {expected}, got {tuple(noise.shape)}")
+            noise = noise.detach().float().cpu().numpy()
+        return torch.from_numpy(self.ort.sample(z.numpy(), noise, self.temperature))
+
+    def _independent_noise(self, n: int) -> torch.Tensor:
+        """(steps + 1, n, C): the draws GaussianDiffusion.p_sample_loop makes from the generator (x_T, then one
+        per step, each randn(n, C)), so the onnxruntime sampler sees the torch backend's noise."""
+        g, steps, C = self.generator, self.ort.manifest["steps"], self.config.motion_dim
+        return torch.stack([torch.randn(n, C, generator=g, device=g.device) for _ in range(steps + 1)])
 
     @torch.inference_mode()
     def window_backbone(self) -> torch.Tensor:

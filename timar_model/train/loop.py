@@ -1,4 +1,5 @@
-"""`timar train`: train TIMAR from a YAML recipe (single process, or many through torchrun + DDP).
+"""`timar train`: train TIMAR (or the DualTalk baseline, `model_type: dualtalk`) from a YAML recipe (single
+process, or many through torchrun + DDP).
 
     timar train --config config/train/small-synthetic.yaml [--out DIR] [--resume] [key=value ...]
     torchrun --nproc_per_node 8 -m timar_model.cli train --config config/train/large-dualtalk.yaml
@@ -41,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from timar_model.data.partner_motion import apply_dropout
 from timar_model.train.distributed import (
     EpochBatchSampler,
     init_distributed,
@@ -179,7 +181,8 @@ def export_model(model: nn.Module, ema, out_dir: Path, recipe: TrainRecipe) -> P
 def validate(
     model: nn.Module, ema, samples: list, recipe: TrainRecipe, device: torch.device
 ) -> dict[str, float]:
-    """Stream `samples` with the EMA weights; FD-exp, MSE-jaw, P-FD-pose and the jaw~speech correlation."""
+    """Stream `samples` with the EMA weights; FD-exp, MSE-jaw, P-FD-pose and the jaw~speech correlation.
+    (The DualTalk baseline: offline, whole-clip inference, as published.)"""
     from timar_model.eval.evaluate import evaluate_predictor, generator_predictor
     from timar_model.runtime.streaming import StreamingGenerator
 
@@ -188,12 +191,16 @@ def validate(
     m.eval()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # validation never perturbs the training RNG
-        gen = StreamingGenerator(
-            m, device=str(device), dtype="float32", context_turns=recipe.val_context + 1, seed=0
-        )
-        res = evaluate_predictor(
-            generator_predictor(gen), samples, None, recipe.val_context, max_turns=recipe.val_max_seconds
-        )
+        if recipe.model_type == "dualtalk":
+            from timar_model.model.dualtalk_baseline import dualtalk_predictor
+
+            predict = dualtalk_predictor(m, "offline")
+        else:
+            gen = StreamingGenerator(
+                m, device=str(device), dtype="float32", context_turns=recipe.val_context + 1, seed=0
+            )
+            predict = generator_predictor(gen)
+        res = evaluate_predictor(predict, samples, None, recipe.val_context, max_turns=recipe.val_max_seconds)
     keys = ("fid_exp", "mse_jaw", "p_fid_pose", "jaw_speech_pred")
     return {k: res.mean[k] for k in keys}
 
@@ -366,6 +373,8 @@ def train(
                 batch[k].to(device, non_blocking=True)
                 for k in ("user_speech", "user_motion", "agent_speech", "agent_motion")
             ]
+            if recipe.partner_motion_dropout:  # head-pose-only / no partner motion for some windows
+                tensors[1] = apply_dropout(tensors[1], recipe.partner_motion_dropout)
             autocast = (
                 torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
             )

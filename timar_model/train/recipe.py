@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from timar_model.data.partner_motion import check_dropout
 from timar_model.motion import MOTION_DIM
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MODEL_TYPES = ("timar", "dualtalk")  # what `model_type` builds: TIMAR, or the DualTalk baseline
 SCHEDULES = ("constant", "cosine")
 
 
@@ -26,8 +28,9 @@ class TrainRecipe:
     """Everything a training run needs. Paths are relative to the working directory."""
 
     name: str = "timar"
-    preset: str = "small"  # timar_model.model.config preset
-    model: dict = field(default_factory=dict)  # TimarConfig field overrides
+    model_type: str = "timar"  # timar | dualtalk (the baseline: timar_model.model.dualtalk_baseline)
+    preset: str = "small"  # timar_model.model.config preset (dualtalk: dualtalk_preset, small | paper)
+    model: dict = field(default_factory=dict)  # TimarConfig (DualTalkConfig) field overrides
     speech_encoder_path: str | None = None  # local wav2vec2 / HuBERT folder (pretrained, frozen)
     train_data: str = "data/synth/train"  # DualTalk-layout split
     val_data: str | None = None  # split for periodic validation (None: no validation)
@@ -68,11 +71,20 @@ class TrainRecipe:
     # train only parameters whose names start with one of these prefixes (None: all). The others are frozen
     # (requires_grad False: left out of the optimiser, the EMA copies them unchanged)
     trainable: list | None = None
+    # train without (part of) the partner's motion: {pose: p, none: q} gives each training window the
+    # head-pose-only view with probability p and no partner motion with q (timar_model.data.partner_motion)
+    partner_motion_dropout: dict = field(default_factory=dict)
 
     def validate(self, source: str = "recipe") -> None:
         def bad(msg: str) -> ValueError:
             return ValueError(f"{source}: {msg}")
 
+        if self.model_type not in MODEL_TYPES:
+            raise bad(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        try:
+            check_dropout(self.partner_motion_dropout or {})
+        except ValueError as e:
+            raise bad(str(e)) from None
         if self.precision not in PRECISIONS:
             raise bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:
@@ -151,6 +163,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         d.setdefault("name", path.stem)
     d = apply_overrides(d, overrides or [])
     d["model"] = d.get("model") or {}
+    d["partner_motion_dropout"] = d.get("partner_motion_dropout") or {}
     recipe = TrainRecipe(**d)
     for k in ("lr", "blr", "min_lr", "weight_decay", "grad_clip", "ema_decay", "warmup_epochs"):
         v = getattr(recipe, k)
@@ -174,10 +187,47 @@ def build_config(recipe: TrainRecipe, extra: dict | None = None):
     return TimarConfig.from_dict({**base, **(extra or {}), **recipe.model})
 
 
+def build_dualtalk(recipe: TrainRecipe) -> nn.Module:
+    """The DualTalk baseline of a recipe with model_type dualtalk: dualtalk_preset(preset) + recipe.model
+    overrides, motion statistics (motion_norm) and a pretrained speech encoder (speech_encoder_path, both
+    speakers' encoders) as for TIMAR."""
+    from timar_model.model.dualtalk_baseline import DualTalk, dualtalk_preset
+
+    base = dualtalk_preset(recipe.preset).to_dict()
+    unknown = sorted(set(recipe.model) - set(base))
+    if unknown:
+        raise ValueError(f"recipe model overrides {unknown} are not DualTalkConfig fields; valid: {', '.join(base)}")
+    extra: dict = {}
+    speech = None
+    if recipe.speech_encoder_path:
+        from timar_model.model.speech import load_transformers_speech_model, speech_config_dict
+
+        kind, speech = load_transformers_speech_model(recipe.speech_encoder_path)
+        extra = {"speech_encoder": kind, "speech_encoder_config": speech_config_dict(speech),
+                 "speech_dim": speech.config.hidden_size}
+    if recipe.motion_norm and "motion_std" not in recipe.model:
+        extra.update(motion_statistics(Path(recipe.train_data)))
+    from timar_model.model.dualtalk_baseline import DualTalkConfig
+
+    model = DualTalk(DualTalkConfig.from_dict({**base, **extra, **recipe.model}))
+    if speech is not None:
+        for enc in (model.user_speech_encoder, model.agent_speech_encoder):
+            enc.model.load_state_dict(speech.state_dict())
+    if recipe.init_from:
+        init_from_pretrained(model, Path(recipe.init_from))
+    if recipe.trainable is not None:
+        freeze_except(model, recipe.trainable)
+    return model
+
+
 def build_model(recipe: TrainRecipe) -> nn.Module:
-    """A freshly initialised TIMAR for the recipe. With `speech_encoder_path` (a local transformers folder,
-    e.g. wav2vec2-large-960h-lv60-self), its pretrained weights and config replace the preset's encoder."""
+    """A freshly initialised TIMAR for the recipe (or the DualTalk baseline: model_type dualtalk). With
+    `speech_encoder_path` (a local transformers folder, e.g. wav2vec2-large-960h-lv60-self), its pretrained
+    weights and config replace the preset's encoder."""
     from timar_model.model.timar import TIMAR
+
+    if recipe.model_type == "dualtalk":
+        return build_dualtalk(recipe)
 
     speech, extra = None, {}
     if recipe.speech_encoder_path:

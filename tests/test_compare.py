@@ -1,0 +1,144 @@
+"""`timar compare` end to end on a tiny corpus with tiny budgets; the partner-motion views of `timar eval` and
+the training option that drops them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_evaluate import write_tiny_corpus
+
+from timar_model import cli
+from timar_model.data.partner_motion import apply_dropout, check_dropout, partner_motion_view
+from timar_model.eval.compare import PAPER_SYSTEMS, SYSTEMS, Plan, claims, recipe_overrides
+from timar_model.motion import HEAD_ROT
+
+
+def test_partner_motion_views():
+    m = np.random.default_rng(0).standard_normal((10, 56)).astype(np.float32)
+    assert partner_motion_view(m, "full") is m
+    pose = partner_motion_view(m, "pose")
+    assert np.array_equal(pose[:, HEAD_ROT], m[:, HEAD_ROT]) and not pose[:, :53].any()
+    assert not partner_motion_view(m, "none").any()
+    assert np.array_equal(m, np.random.default_rng(0).standard_normal((10, 56)).astype(np.float32))  # untouched
+    with pytest.raises(ValueError, match="choose one of full, pose, none"):
+        partner_motion_view(m, "face")
+
+
+def test_partner_motion_dropout_rates():
+    x = torch.randn(4000, 3, 56)
+    out = apply_dropout(x, {"pose": 0.25, "none": 0.25}, torch.Generator().manual_seed(0))
+    face = (out[:, :, :53] != 0).any(dim=(1, 2))
+    head = (out[:, :, HEAD_ROT] != 0).any(dim=(1, 2))
+    assert abs(face.float().mean() - 0.5) < 0.04  # full
+    assert abs((head & ~face).float().mean() - 0.25) < 0.04  # head pose only
+    assert abs((~head).float().mean() - 0.25) < 0.04  # nothing
+    assert torch.equal(out[face], x[face])
+    assert apply_dropout(x, {}) is x
+    for bad in ({"face": 0.1}, {"pose": 0.7, "none": 0.5}, {"none": -0.1}):
+        with pytest.raises(ValueError, match="partner_motion_dropout"):
+            check_dropout(bad)
+
+
+def test_eval_partner_motion_changes_the_input_not_the_reference(tmp_path):
+    """copy-partner given no partner motion predicts zeros: it scores exactly as the zero baseline, also on P-FD,
+    which compares with the real partner."""
+    data = write_tiny_corpus(tmp_path / "test", seed=5)
+    docs = {}
+    for name, extra in (("zero", ["--baseline", "zero"]),
+                        ("copy-none", ["--baseline", "copy-partner", "--partner-motion", "none"]),
+                        ("copy", ["--baseline", "copy-partner"])):
+        out = tmp_path / name
+        assert cli.main(["eval", *extra, "--data", str(data), "--history", "0", "--out", str(out)]) == 0
+        docs[name] = json.loads((out / "metrics.json").read_text())
+    mean = {k: d["contexts"]["n0"]["mean"] for k, d in docs.items()}
+    for key in ("mse_exp", "p_fid_pose", "fid_jaw"):
+        assert mean["copy-none"][key] == pytest.approx(mean["zero"][key])
+        assert mean["copy"][key] != pytest.approx(mean["zero"][key])
+    assert docs["copy-none"]["partner_motion"] == "none"
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    from timar_model.data.synth import generate_corpus
+
+    base = tmp_path_factory.mktemp("compare")
+    corpus = base / "corpus"
+    generate_corpus(corpus, hours=1.0, seed=2, clip_seconds=4, workers=1, clips=2, progress=False, rules="v2")
+    out = base / "out"
+    argv = ["compare", "--corpus", str(corpus), "--out", str(out), "--budget", "tiny", "--history", "0,1",
+            "--seeds", "0,1", "--limit", "1"]
+    assert cli.main(argv) == 0
+    return corpus, out, argv
+
+
+def test_compare_trains_evaluates_and_writes_the_table(compared):
+    corpus, out, _ = compared
+    for recipes in SYSTEMS.values():
+        for r in recipes:
+            assert (out / "runs" / r / "final" / "config.json").is_file(), r
+    stage2 = json.loads((out / "runs" / "timar-small" / "final" / "config.json").read_text())
+    assert stage2["head"] == "diffusion" and stage2["width"] == 32  # the tiny budget
+    assert json.loads((out / "runs" / "enc-dec" / "final" / "config.json").read_text())["backbone"] == "encoder_decoder"
+    assert json.loads((out / "runs" / "bi-attn" / "final" / "config.json").read_text())["attention"] == "bidirectional"
+    md = (out / "comparison.md").read_text()
+    for text in ("**test**", "**ood**", "dualtalk (offline)", "dualtalk (sliding window)", "timar (partner pose)",
+                 "timar (partner none)", "timar-pmd (partner none)", "mlp-head", "bi-attn", "enc-dec", "FD-exp x1",
+                 "rPCC-pose x10", "head speed / GT", "History helps", "TIMAR beats DualTalk", "Partner motion",
+                 "What partner-motion dropout costs", "budget tiny"):
+        assert text in md, text
+    doc = json.loads((out / "comparison.json").read_text())
+    fd = doc["stats"]["test"]["timar"]["1"]["fid_exp"]
+    assert fd[2] == 2 and np.isfinite(fd[0])  # two sampling seeds: mean, std, count
+    assert doc["stats"]["test"]["mlp-head"]["1"]["fid_exp"][2] == 1
+    off = doc["stats"]["test"]["dualtalk (offline)"]
+    assert off["0"]["mse_exp"] == off["1"]["mse_exp"]  # offline: the same prediction at every n
+    pred = np.load(next((out / "eval" / "timar-partner-none-seed0" / "test" / "n1").glob("*.npy")))
+    assert pred.shape[1] == 56
+
+
+def test_compare_reuses_runs_and_evaluations(compared, capsys):
+    _, out, argv = compared
+    before = (out / "comparison.json").read_text()
+    assert cli.main(argv) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert json.loads((out / "comparison.json").read_text())["stats"] == json.loads(before)["stats"]
+
+
+def test_claims_text_from_numbers():
+    def s(mean, std=0.0, n=3):
+        return (mean, std, n)
+
+    stats = {"test": {
+        "timar": {0: {"fid_exp": s(10.0, 0.1), "mse_exp": s(4.0, 0.01), "mse_jaw": s(0.3), "mse_pose": s(0.2),
+                            "fid_jaw": s(1.0), "fid_pose": s(1.0), "head_speed_ratio": s(1.0)},
+                        7: {"fid_exp": s(8.0, 0.1), "mse_exp": s(3.99, 0.01), "mse_jaw": s(0.2), "mse_pose": s(0.1),
+                            "fid_jaw": s(1.0), "fid_pose": s(1.0), "head_speed_ratio": s(2.0)}},
+        "dualtalk (offline)": {7: {"fid_exp": s(10.0, n=1), "fid_jaw": s(1.5, n=1), "fid_pose": s(0.9, n=1),
+                                   "mse_exp": s(5.0, n=1), "mse_jaw": s(0.3, n=1), "mse_pose": s(0.2, n=1)}},
+    }}
+    text = "\n".join(claims(stats, [0, 7]))
+    assert "FD-exp 10.000 -> 8.000 (-20.0 %, seed std 0.100: yes)" in text
+    assert "MSE-exp 4.000 -> 3.990 (-0.2 %, seed std 0.010: no)" in text
+    assert "Holds in part" in text and "3 of 4 metrics" in text
+    assert "FD-exp 20.0 % lower" in text and "FD-pose 11.1 % higher" in text and "holds in part" in text
+    assert "2.00 x the ground truth's (outside 0.8-1.25)" in text
+
+
+def test_paper_budget_recipes_resolve(tmp_path):
+    """Every system has a paper recipe (one stage, published sizes), pointed at the corpus by compare."""
+    from timar_model.eval.compare import RECIPES
+    from timar_model.train.recipe import load_recipe
+
+    assert set(PAPER_SYSTEMS) == set(SYSTEMS)
+    plan = Plan(tmp_path / "dualtalk", tmp_path / "out", tmp_path / "runs", "paper", [])
+    kinds = {}
+    for system, (name,) in PAPER_SYSTEMS.items():
+        r = load_recipe(RECIPES / f"{name}.yaml", recipe_overrides(plan, name))
+        assert r.train_data == str(tmp_path / "dualtalk" / "train") and r.epochs == 400 and r.batch_size == 32
+        assert r.speech_encoder_path and r.init_from is None
+        kinds[system] = (r.model_type, r.preset, r.model)
+    assert kinds["timar"] == ("timar", "large", {}) and kinds["dualtalk"][:2] == ("dualtalk", "paper")
+    assert kinds["bi-attn"][2] == {"attention": "bidirectional"} and kinds["mlp-head"][2] == {"head": "mlp"}

@@ -1,0 +1,448 @@
+"""`timar compare`: train and evaluate TIMAR-small, its ablations and the DualTalk baseline on one corpus, and
+write the paper-layout table with a short text of which of the paper's claims hold here.
+
+    timar compare --corpus data/synth-v2 --out outputs/compare/v2 [--budget small|paper|tiny] \
+        [--systems timar,timar-pmd,mlp-head,bi-attn,enc-dec,dualtalk] [--history 0,1,3,7] \
+        [--seeds 0,1,2] [--splits test,ood] [--limit N] [--runs DIR] [--set key=value ...] [--torchrun N] \
+        [--skip-train]
+
+Systems (recipes in config/train/compare/, trained in this order; a stage-2 recipe starts from its stage 1;
+budget paper: one paper-<system>.yaml each, TIMAR-large and DualTalk at the published sizes):
+  timar        TIMAR-small: turn-causal encoder-only backbone (stage 1, MLP head) + diffusion head (stage 2)
+  timar-pmd    the same trained with partner-motion dropout (15 % head pose only, 15 % none)
+  mlp-head     the paper's ablation "MLP head": TIMAR-small's stage-1 model itself
+  bi-attn      ablation "Bi-Attn": bidirectional attention over the window (both stages)
+  enc-dec      ablation "Asym EncDec": MAE-style encoder over visible tokens + decoder (both stages)
+  dualtalk     the DualTalk baseline at a comparable parameter count; evaluated offline on whole clips (as
+               published: the same prediction at every n) and, labelled "sliding window", as a streaming use
+Budgets: `small` = the recipes as written, for a 2-core CPU (500 + 300 steps of batch 8; the shipped model's
+recipes, with twice these steps, took 29 + 9 min on a quiet 2-core machine), `paper` = the paper's schedule
+(batch 32, blr 1e-4 with MAR's scaling, 400 epochs with 100 warm-up epochs, EMA 0.9999, bf16, GPU; with
+--torchrun 8 on 8 GPUs), `tiny` = a few steps of tiny models, for tests. Training runs go to
+RUNS/<recipe name>/ (default OUT/runs; a finished one is reused, an interrupted one resumed). Evaluation:
+streaming (`timar eval`) on every split at every n and every sampling seed of the diffusion systems;
+timar and timar-pmd also with the partner's head pose only and with no partner motion
+(`--partner-motion`, first seed). Outputs: OUT/eval/<system>[-<variant>]-seed<S>/<split>/ as `timar eval`
+writes them, OUT/comparison.md (tables in the paper's scaling + the claims text) and OUT/comparison.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from timar_model.eval import evaluate
+from timar_model.eval import metrics as M
+
+RECIPES = Path(__file__).resolve().parents[2] / "config" / "train" / "compare"
+# system -> recipe names (config/train/compare/<name>.yaml), in training order; the last one is evaluated.
+# Budgets small and tiny: TIMAR-small in two stages (the CPU schedule of the shipped model); paper: one stage.
+SYSTEMS: dict[str, tuple[str, ...]] = {
+    "timar": ("timar-small-stage1", "timar-small"),
+    "timar-pmd": ("timar-small-pmd-stage1", "timar-small-pmd"),
+    "mlp-head": ("timar-small-stage1",),
+    "bi-attn": ("bi-attn-stage1", "bi-attn"),
+    "enc-dec": ("enc-dec-stage1", "enc-dec"),
+    "dualtalk": ("dualtalk",),
+}
+PAPER_SYSTEMS: dict[str, tuple[str, ...]] = {name: (f"paper-{name}",) for name in SYSTEMS}
+MAIN = "timar"
+DIFFUSION_SYSTEMS = ("timar", "timar-pmd", "bi-attn", "enc-dec")  # sampled: one evaluation per seed
+PARTNER_VIEWS = ("pose", "none")  # timar and timar-pmd also evaluated with these (timar eval --partner-motion)
+PARTNER_SYSTEMS = ("timar", "timar-pmd")
+# per model type: recipe overrides of a budget
+_TINY_COMMON = ["max_steps=2", "warmup_steps=1", "batch_size=2", "val_every=0", "val_data=null", "ckpt_every=2",
+                "log_every=1", "threads=1", "window_stride_turns=1", "model.context_turns=2"]
+BUDGETS: dict[str, dict[str, list[str]]] = {
+    "small": {"timar": [], "dualtalk": []},
+    "paper": {"timar": [], "dualtalk": []},  # the paper-*.yaml recipes carry the paper's schedule
+    "tiny": {
+        "timar": [*_TINY_COMMON, "model.token_dim=32", "model.speech_dim=16", "model.width=32", "model.depth=1",
+                  "model.num_heads=2", "model.decoder_width=32", "model.decoder_num_heads=2",
+                  "model.diffloss_depth=1", "model.diffloss_width=32", "model.logmel_n_mels=20",
+                  "model.logmel_channels=16"],
+        "dualtalk": [*_TINY_COMMON, "model.speech_dim=16", "model.logmel_n_mels=20", "model.logmel_channels=16",
+                     "model.feat_dim=16", "model.motion_hidden=8", "model.lstm_hidden=8", "model.cross_heads=2",
+                     "model.num_heads=2", "model.enc_layers=1", "model.ffn_dim=32"],
+    },
+}
+HISTORY_KEYS = ("fid_exp", "mse_exp", "mse_jaw", "mse_pose")  # the metrics the v2 history rules drive
+CLAIM_KEYS = ("fid_exp", "fid_jaw", "fid_pose", "mse_exp", "mse_jaw", "mse_pose")  # TIMAR vs DualTalk (paper)
+SHORT = {"fid": "FD", "p_fid": "P-FD", "mse": "MSE", "sid": "SID", "rpcc": "rPCC"}
+
+
+def label(key: str) -> str:
+    metric, part = key.rsplit("_", 1)
+    return f"{SHORT.get(metric, metric)}-{part}"
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class Plan:
+    corpus: Path
+    out: Path
+    runs: Path
+    budget: str
+    overrides: list[str]
+    torchrun: int | None = None
+
+
+def systems_of(budget: str) -> dict[str, tuple[str, ...]]:
+    return PAPER_SYSTEMS if budget == "paper" else SYSTEMS
+
+
+def recipe_overrides(plan: Plan, recipe_name: str) -> list[str]:
+    """key=value overrides of one recipe under the plan: data, init_from, budget, --set."""
+    from timar_model.train.recipe import load_recipe
+
+    base = load_recipe(RECIPES / f"{recipe_name}.yaml")
+    over = [f"train_data={plan.corpus / 'train'}", f"val_data={plan.corpus / 'test'}"]
+    if base.cache_dir:
+        over.append(f"cache_dir={plan.corpus / 'cache'}")
+    if base.init_from:
+        src = Path(base.init_from)  # runs/compare/<stage-1 recipe>/final
+        over.append(f"init_from={plan.runs / (src.parent.name if src.name == 'final' else src.name) / 'final'}")
+    return [*over, *BUDGETS[plan.budget][base.model_type], *plan.overrides]
+
+
+def train_recipe(plan: Plan, recipe_name: str) -> Path:
+    """Train one recipe into RUNS/<name> (skip when its final/ exists, resume when a checkpoint does)."""
+    from timar_model.train.loop import CHECKPOINT_NAME, train
+    from timar_model.train.recipe import load_recipe
+
+    run = plan.runs / recipe_name
+    final = run / "final"
+    if (final / "config.json").is_file():
+        print(f"compare: {recipe_name}: reusing {final}")
+        return final
+    over = recipe_overrides(plan, recipe_name)
+    resume = (run / CHECKPOINT_NAME).is_file()
+    print(f"compare: training {recipe_name} -> {run}{' (resuming)' if resume else ''}")
+    if plan.torchrun:
+        cmd = ["torchrun", f"--nproc_per_node={plan.torchrun}", "-m", "timar_model.cli", "train", "--config",
+               str(RECIPES / f"{recipe_name}.yaml"), "--out", str(run), "--no-progress",
+               *(["--resume"] if resume else []), *over]
+        subprocess.run(cmd, check=True)
+    else:
+        train(load_recipe(RECIPES / f"{recipe_name}.yaml", over), run, resume=resume, progress=False)
+    if not (final / "config.json").is_file():
+        raise RuntimeError(f"compare: training {recipe_name} ended without {final}")
+    return final
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One evaluated configuration: a system, its inference / partner view, the sampling seed."""
+
+    system: str
+    variant: str = ""  # "", "offline", "sliding window", "partner pose", "partner none"
+    seed: int = 0
+
+    @property
+    def folder(self) -> str:
+        v = self.variant.replace(" ", "-")
+        return f"{self.system}{'-' + v if v else ''}-seed{self.seed}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.system}{f' ({self.variant})' if self.variant else ''}"
+
+
+def rows_for(system: str, seeds: list[int]) -> list[Row]:
+    if system == "dualtalk":
+        return [Row(system, "offline"), Row(system, "sliding window")]
+    if system in DIFFUSION_SYSTEMS:
+        rows = [Row(system, "", s) for s in seeds]
+        if system in PARTNER_SYSTEMS:
+            rows += [Row(system, f"partner {v}", seeds[0]) for v in PARTNER_VIEWS]
+        return rows
+    return [Row(system)]
+
+
+def predictors_for(row: Row, model_dir: Path, history: list[int], device: str) -> dict[int, evaluate.Predictor]:
+    from timar_model.model.checkpoint import load_pretrained
+    from timar_model.runtime.streaming import StreamingGenerator
+
+    model = load_pretrained(model_dir, device=device)
+    if row.system == "dualtalk":
+        from timar_model.model.dualtalk_baseline import dualtalk_predictor
+
+        inference = "offline" if row.variant == "offline" else "sliding"
+        return {n: dualtalk_predictor(model, inference, n) for n in history}
+    out = {}
+    for n in history:
+        gen = StreamingGenerator(model, device=device, context_turns=n + 1, seed=row.seed)
+        out[n] = evaluate.generator_predictor(gen)
+    if row.variant.startswith("partner "):
+        view = row.variant.split(" ", 1)[1]
+        out = {n: evaluate.partner_predictor(p, view) for n, p in out.items()}
+    return out
+
+
+def evaluate_row(row: Row, model_dir: Path, split: str, plan: Plan, history: list[int], limit: int | None,
+                 device: str) -> dict:
+    """metrics.json of one row on one split (computed, or read back when it exists)."""
+    folder = plan.out / "eval" / row.folder / split
+    path = folder / "metrics.json"
+    if path.is_file():
+        doc = json.loads(path.read_text())
+        if all(f"n{n}" in doc["contexts"] for n in history):
+            return doc
+    samples = evaluate.load_split(plan.corpus / split, limit)
+    predictors = predictors_for(row, model_dir, history, device)
+    if row.variant == "offline":  # the whole clip: one evaluation serves every n
+        once = evaluate.evaluate_predictor(predictors[history[0]], samples, folder / "offline", history[0])
+        results = [dataclasses.replace(once, history=n) for n in history]
+    else:
+        results = [evaluate.evaluate_predictor(predictors[n], samples, folder / f"n{n}", n) for n in history]
+    meta = {"data": str(plan.corpus / split), "samples": len(samples), "checkpoint": str(model_dir),
+            "system": row.system, "variant": row.variant, "seed": row.seed}
+    evaluate.write_results(folder, results, meta)
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- tables and claims
+
+
+def collect(docs: dict[tuple[Row, str], dict]) -> dict:
+    """{split: {name: {n: {key: (mean, std, count)}}}} over seeds (published scaling where it applies)."""
+    keys = [*M.TABLE_KEYS, *evaluate.EXTRA_KEYS]
+    acc: dict = {}
+    for (row, split), doc in docs.items():
+        for ctx in doc["contexts"].values():
+            n = ctx["context"]
+            vals = {k: ctx["published"][k] if k in M.PUBLISHED_SCALE else ctx["mean"].get(k, float("nan"))
+                    for k in keys}
+            acc.setdefault(split, {}).setdefault(row.name, {}).setdefault(n, []).append(vals)
+    out: dict = {}
+    for split, systems in acc.items():
+        for name, by_n in systems.items():
+            for n, runs in by_n.items():
+                stats = {}
+                for k in keys:
+                    v = np.array([r[k] for r in runs], np.float64)
+                    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+                    stats[k] = (float(np.mean(v)), std, len(v))
+                out.setdefault(split, {}).setdefault(name, {})[n] = stats
+    return out
+
+
+def _cell(stat: tuple[float, float, int], digits: int = 2) -> str:
+    mean, std, count = stat
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if count > 1 else "")
+
+
+def markdown_tables(stats: dict, history: list[int]) -> str:
+    lines = []
+    for split, systems in stats.items():
+        header = ["system", "n", *(f"{label(k)} x{M.PUBLISHED_SCALE[k]:g}" for k in M.TABLE_KEYS),
+                  "head speed / GT", "jaw~speech pred (GT)"]
+        lines += [f"**{split}**\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for n in history:
+            for name, by_n in systems.items():
+                if n not in by_n or ("offline" in name and n != history[0]):  # offline: one row, every n
+                    continue
+                s = by_n[n]
+                jaw = f"{_cell(s['jaw_speech_pred'], 3)} ({s['jaw_speech_gt'][0]:.3f})"
+                lines.append("| " + " | ".join([name, "all" if "offline" in name else str(n),
+                                                *(_cell(s[k]) for k in M.TABLE_KEYS),
+                                                _cell(s["head_speed_ratio"]), jaw]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _get(stats: dict, split: str, name: str, n: int, key: str) -> tuple[float, float, int] | None:
+    return stats.get(split, {}).get(name, {}).get(n, {}).get(key)
+
+
+def _pct(a: float, b: float) -> float:
+    """Relative change from b to a, in %."""
+    return 100.0 * (a - b) / b if b else float("nan")
+
+
+def claims(stats: dict, history: list[int]) -> list[str]:
+    """Which of the paper's claims hold here, with numbers."""
+    out = []
+    top, low = max(history), min(history)
+    split = "test" if "test" in stats else next(iter(stats))
+    seeds_note = ""
+    # 1. history
+    rows = []
+    for key in HISTORY_KEYS:
+        hi, lo = _get(stats, split, MAIN, top, key), _get(stats, split, MAIN, low, key)
+        if hi is None or lo is None:
+            continue
+        spread = max(hi[1], lo[1])
+        gain = lo[0] - hi[0]
+        verdict = "yes" if gain > 2 * spread and gain > 0 else "no"
+        rows.append(f"{label(key)} {lo[0]:.3f} -> {hi[0]:.3f} ({_pct(hi[0], lo[0]):+.1f} %, seed std "
+                    f"{spread:.3f}: {verdict})")
+        seeds_note = f" over {hi[2]} sampling seeds" if hi[2] > 1 else " (one seed)"
+    if rows:
+        good = sum(r.endswith("yes)") for r in rows)
+        out.append(f"- **History helps** (TIMAR, {split}, n = {top} vs n = {low}{seeds_note}; 'yes' = better "
+                   f"by more than twice the seed spread): {'; '.join(rows)}. "
+                   f"{'Holds' if good == len(rows) else 'Holds in part' if good else 'Does not hold'} here "
+                   f"({good} of {len(rows)} metrics).")
+    # 2. TIMAR vs DualTalk
+    for dt in ("dualtalk (offline)", "dualtalk (sliding window)"):
+        rel = {}
+        for key in CLAIM_KEYS:
+            a, b = _get(stats, split, MAIN, top, key), _get(stats, split, dt, top, key)
+            if a is not None and b is not None:
+                rel[key] = -_pct(a[0], b[0])  # % lower than DualTalk
+        if rel:
+            vals = list(rel.values())
+            verdict = ("holds" if min(vals) >= 15 else "holds in part (TIMAR lower on "
+                       f"{sum(v > 0 for v in vals)} of {len(vals)}, by 15 % or more on {sum(v >= 15 for v in vals)})"
+                       if max(vals) > 0 else "does not hold")
+            diffs = ", ".join(f"{label(k)} {abs(v):.1f} % {'lower' if v >= 0 else 'higher'}" for k, v in rel.items())
+            out.append(f"- **TIMAR beats DualTalk by 15-30 % on FD and MSE** ({split}, n = {top}, TIMAR vs "
+                       f"{dt}): {diffs}: {verdict}.")
+    # 3. diffusion vs MLP head: distribution metrics
+    pairs = [("fid_exp", False), ("fid_jaw", False), ("fid_pose", False), ("sid_exp", True)]
+    res = []
+    for key, higher_better in pairs:
+        a, b = _get(stats, split, MAIN, top, key), _get(stats, split, "mlp-head", top, key)
+        if a is not None and b is not None:
+            res.append((key, a[0], b[0], (a[0] > b[0]) if higher_better else (a[0] < b[0])))
+    if res:
+        wins = sum(r[3] for r in res)
+        verdict = "holds" if wins == len(res) else f"holds on {wins} of {len(res)}" if wins else "does not hold"
+        out.append(f"- **Diffusion head beats the MLP head on the distribution metrics** ({split}, n = {top}): "
+                   + ", ".join(f"{label(k)} {a:.2f} vs {b:.2f}" for k, a, b, _ in res) + f": {verdict}.")
+    # 4. turn-causal vs bidirectional (generalisation: ood), 5. encoder-only vs encoder-decoder
+    for other, what, where in (("bi-attn", "Turn-causal attention generalises better than bidirectional", "ood"),
+                               ("enc-dec", "Encoder-only beats the encoder-decoder", split)):
+        sp = where if where in stats else split
+        a, b = _get(stats, sp, MAIN, top, "fid_exp"), _get(stats, sp, other, top, "fid_exp")
+        if a is not None and b is not None:
+            out.append(f"- **{what}** ({sp}, n = {top}, FD-exp): TIMAR {_cell(a)} vs {other} {_cell(b)}: "
+                       f"{'holds' if a[0] < b[0] else 'does not hold'}"
+                       f"{' (within the seed spread)' if abs(a[0] - b[0]) <= 2 * max(a[1], b[1]) else ''}.")
+    # 6. partner motion, and what training with partner-motion dropout costs / buys
+    for system in PARTNER_SYSTEMS:
+        views = {v: _get(stats, split, f"{system} (partner {v})" if v != "full" else system, top, "mse_pose")
+                 for v in ("full", *PARTNER_VIEWS)}
+        if all(v is not None for v in views.values()):
+            f, p, z = (views[k][0] for k in ("full", "pose", "none"))
+            out.append(f"- **Partner motion** ({system}, {split}, n = {top}, MSE-pose x1e2): full {f:.3f}, head "
+                       f"pose only {p:.3f} ({_pct(p, f):+.0f} %), none {z:.3f} ({_pct(z, f):+.0f} %).")
+    costs = []
+    for key in ("fid_exp", "mse_pose", "p_fid_pose"):
+        a, b = _get(stats, split, "timar-pmd", top, key), _get(stats, split, MAIN, top, key)
+        if a is not None and b is not None:
+            costs.append(f"{label(key)} {a[0]:.3f} vs {b[0]:.3f} ({_pct(a[0], b[0]):+.1f} %)")
+    if costs:
+        out.append(f"- **What partner-motion dropout costs with full input** ({split}, n = {top}, timar-pmd vs "
+                   f"timar): {'; '.join(costs)}.")
+    # 7. smoothness
+    hs = _get(stats, split, MAIN, top, "head_speed_ratio")
+    if hs is not None:
+        out.append(f"- **Head speed** (TIMAR, {split}, n = {top}): {hs[0]:.2f} x the ground truth's "
+                   f"({'inside' if 0.8 <= hs[0] <= 1.25 else 'outside'} 0.8-1.25).")
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", type=Path, required=True, help="DualTalk-layout corpus: train/, test/, ood/")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (runs, evaluations, comparison.md)")
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="small",
+                        help="small: TIMAR-small recipes for a 2-core CPU; paper: the paper's recipes and sizes "
+                             "(GPUs); tiny: a few steps of tiny models (tests)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of " + ", ".join(SYSTEMS))
+    parser.add_argument("--history", default="0,1,3,7", help=evaluate.HISTORY_HELP + " (comma list)")
+    parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of the diffusion systems")
+    parser.add_argument("--splits", default="test,ood")
+    parser.add_argument("--limit", type=int, help="only the first N clips of each split")
+    parser.add_argument("--runs", type=Path, help="training runs folder (default OUT/runs)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for every training (repeatable), e.g. threads=2")
+    parser.add_argument("--torchrun", type=int, metavar="N", help="train each recipe with torchrun on N processes")
+    parser.add_argument("--skip-train", action="store_true", help="only evaluate runs that exist")
+    parser.add_argument("--device", default="cpu", help="evaluation device")
+
+
+def run(args: argparse.Namespace) -> int:
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        raise ValueError(f"--systems: unknown {unknown}; choose from {', '.join(SYSTEMS)}")
+    recipes = systems_of(args.budget)
+    history = evaluate.parse_history(args.history)
+    seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
+    splits = [s for s in args.splits.split(",") if s]
+    for s in ("train", *splits):
+        if not (args.corpus / s).is_dir():
+            raise FileNotFoundError(f"--corpus {args.corpus}: no {s}/ (make one with `timar synth`)")
+    plan = Plan(args.corpus, args.out, args.runs or args.out / "runs", args.budget, list(args.overrides),
+                args.torchrun)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    models: dict[str, Path] = {}
+    for system in systems:
+        final = plan.runs / recipes[system][-1] / "final"
+        if args.skip_train:
+            if not (final / "config.json").is_file():
+                raise FileNotFoundError(f"--skip-train: {system} has no trained model at {final}")
+        else:
+            for recipe in recipes[system]:
+                final = train_recipe(plan, recipe)
+        models[system] = final
+    t_train = time.time() - t0
+    docs = {}
+    for system in systems:
+        for row in rows_for(system, seeds):
+            for split in splits:
+                print(f"compare: evaluating {row.name} seed {row.seed} on {split}")
+                docs[row, split] = evaluate_row(row, models[system], split, plan, history, args.limit, args.device)
+    stats = collect(docs)
+    text = claims(stats, history)
+    sizes = ("TIMAR-large, DualTalk at its published sizes" if args.budget == "paper" else
+             "TIMAR-small (two stages: MLP head, then the diffusion head on the frozen backbone), DualTalk at a "
+             "comparable parameter count")
+    header = (f"# Comparison on {args.corpus} (`timar compare`, budget {args.budget}: {sizes})\n\n"
+              f"Systems: {', '.join(systems)}; history n = {', '.join(map(str, history))}; sampling seeds "
+              f"{', '.join(map(str, seeds))} (diffusion systems: mean ± std over seeds); splits {', '.join(splits)}"
+              f"{f', first {args.limit} clips' if args.limit else ''}. Streaming evaluation with "
+              f"`mask_history_agent` (timar eval); DualTalk offline = the whole clip at once (as published; the "
+              f"same at every n), DualTalk sliding window = turn k from turns [k - n, k] (a streaming use, not the "
+              f"published protocol). Published scaling. Machine: {_machine()}; training {t_train / 60:.1f} min, "
+              f"total {(time.time() - t0) / 60:.1f} min this run (reused runs not counted).\n")
+    md = header + "\n## Claims\n\n" + "\n".join(text) + "\n\n## Tables\n\n" + markdown_tables(stats, history)
+    (args.out / "comparison.md").write_text(md)
+    (args.out / "comparison.json").write_text(json.dumps(
+        {"corpus": str(args.corpus), "budget": args.budget, "history": history, "seeds": seeds, "claims": text,
+         "stats": {sp: {name: {str(n): {k: list(v) for k, v in s.items()} for n, s in by.items()}
+                        for name, by in sy.items()} for sp, sy in stats.items()}}, indent=1))
+    print(md)
+    print(f"wrote {args.out / 'comparison.md'} and comparison.json")
+    return 0
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, Python {sys.version.split()[0]}"
