@@ -186,12 +186,15 @@ def measure_peaks(device: str = "cpu", seconds: float = 0.5) -> dict[str, float 
     return {d: matmul_peak(d, device, seconds) for d in PEAK_DTYPES}
 
 
-def stage_dtypes(backend: str, dtype: str) -> dict[str, str]:
-    """The dtype each stage's matmuls run in for a backend:dtype variant (see the module docstring)."""
-    low = "float32" if dtype == "float32" else dtype
-    return {"speech": "float32", "backbone": low, "diffusion": "float32"} | (
-        {"backbone": "int8"} if backend == "onnxruntime" and dtype == "int8" else {}
-    )
+def stage_dtypes(backend: str, dtype: str) -> dict[str, tuple[str, str]]:
+    """Per stage, the dtypes its (linear layers, other matmuls: attention, convolutions) run in for a
+    backend:dtype variant (see the module docstring)."""
+    f32 = ("float32", "float32")
+    if dtype in ("bfloat16", "float16"):
+        return {"speech": f32, "backbone": (dtype, dtype), "diffusion": f32}
+    if backend == "onnxruntime" and dtype == "int8":
+        return {"speech": ("int8", "float32"), "backbone": ("int8", "float32"), "diffusion": f32}
+    return dict.fromkeys(STAGES, f32)
 
 
 # ----------------------------------------------------------------------------- model
@@ -202,21 +205,29 @@ def estimate_params(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def stage_flops(gen: StreamingGenerator, inputs) -> dict[str, int]:
-    """FLOPs of each stage of one turn (torch path), counted while running a turn on `gen`'s current window."""
+def stage_flops(gen: StreamingGenerator, inputs, linear_only: bool = False) -> dict[str, int]:
+    """FLOPs of each stage of one turn (torch path), counted while running a turn on `gen`'s current window.
+    linear_only: only those of the linear layers (mm / addmm; not attention, not convolutions)."""
     us, um, ag = inputs
     audio = np.stack([gen._normalise("user", us), gen._normalise("agent", ag)])
     out: dict[str, int] = {}
+
+    def count(c) -> int:
+        if not linear_only:
+            return c.get_total_flops()
+        ops = c.get_flop_counts().get("Global", {})
+        return sum(v for op, v in ops.items() if str(op).split(".")[-1] in ("mm", "addmm"))
+
     with torch.inference_mode():
         with flop_counter() as c:
             gen._turns.append(gen.encode_turn(audio, um))
-        out["speech"] = c.get_total_flops()
+        out["speech"] = count(c)
         with flop_counter() as c:
             z = gen.run_backbone(torch.cat(list(gen._turns), dim=1))
-        out["backbone"] = c.get_total_flops()
+        out["backbone"] = count(c)
         with flop_counter() as c:
             gen.sample(z)
-        out["diffusion"] = c.get_total_flops()
+        out["diffusion"] = count(c)
     return out
 
 
@@ -395,7 +406,10 @@ def bench_preset(
                 mem[k] = memory_of(g, turn_inputs()) | device_memory_peak(g, turn_inputs())
     counter = StreamingGenerator(model, device=device, seed=seed)  # float32 torch path, on the same full window
     counter._turns.extend(t.to(counter.device) for t in gens[0]._turns)
-    flops = stage_flops(counter, turn_inputs())
+    x = turn_inputs()
+    flops = stage_flops(counter, x)
+    counter._turns.pop()  # the same turn again, for the linear layers' share
+    linear_flops = stage_flops(counter, x, linear_only=True)
     del counter
     compile_s = None
     if compile_mode != "none":
@@ -439,7 +453,7 @@ def bench_preset(
             out[f"{key}_p95_ms"] = float(np.percentile(v, 95))
         out["rtf"] = out["total_median_ms"] / 1e3 / (config.frames_per_turn / config.motion_fps)
         if peaks:
-            out["bound"] = flop_bound(flops, stage_dtypes(b, d), peaks, out)
+            out["bound"] = flop_bound(flops, linear_flops, stage_dtypes(b, d), peaks, out)
         results.append(out)
     first = results[0]["total_median_ms"]
     for r in results:
@@ -450,17 +464,19 @@ def bench_preset(
     return results
 
 
-def flop_bound(flops: dict[str, int], dtypes: dict[str, str], peaks: dict, result: dict) -> dict:
-    """Per stage: the time its FLOPs need at the peak of its dtype (ms) and that bound's share of the measured
-    median latency."""
+def flop_bound(flops: dict[str, int], linear: dict[str, int], dtypes: dict, peaks: dict, result: dict) -> dict:
+    """Per stage: the time its FLOPs need at the peaks of their dtypes (linear layers and the rest apart; ms)
+    and that bound's share of the measured median latency."""
     out = {}
     for s in STAGES:
-        peak = peaks.get(dtypes[s])
-        if not peak:
-            out[s] = {"dtype": dtypes[s], "bound_ms": None, "share": None}
+        (lin_dt, rest_dt), lin = dtypes[s], linear[s]
+        parts = {lin_dt: flops[s]} if lin_dt == rest_dt else {lin_dt: lin, rest_dt: flops[s] - lin}
+        if any(not peaks.get(d) for d, f in parts.items() if f):
+            out[s] = {"dtypes": parts, "bound_ms": None, "share": None}
             continue
-        bound_ms = flops[s] / (peak * 1e12) * 1e3
-        out[s] = {"dtype": dtypes[s], "bound_ms": bound_ms, "share": bound_ms / max(result[f"{s}_median_ms"], 1e-9)}
+        bound_ms = sum(f / (peaks[d] * 1e12) * 1e3 for d, f in parts.items() if f)
+        share = bound_ms / max(result[f"{s}_median_ms"], 1e-9)
+        out[s] = {"dtypes": parts, "bound_ms": bound_ms, "share": share}
     total_bound = sum(v["bound_ms"] for v in out.values() if v["bound_ms"] is not None)
     out["total"] = {"bound_ms": total_bound, "share": total_bound / max(result["total_median_ms"], 1e-9)}
     return out
@@ -556,9 +572,9 @@ def print_row(r: dict) -> None:
         parts = []
         for s in STAGES:
             b = bound[s]
-            gf = r["stage_flops"][s] / 1e9
+            split = " + ".join(f"{f / 1e9:.3g} {d}" for d, f in b["dtypes"].items() if f)
             share = "n/a" if b["share"] is None else f"{100 * b['share']:.0f} %"
-            parts.append(f"{s} {share} ({gf:.3g} GFLOP in {b['dtype']})")
+            parts.append(f"{s} {share} ({split or 0} GFLOP)")
         total = bound["total"]
         print(f"{'':<15}  share of the FLOP bound: {'; '.join(parts)}; turn {100 * total['share']:.0f} %")
     m = r.get("memory_bytes")
