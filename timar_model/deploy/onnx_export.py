@@ -362,7 +362,8 @@ def _export(model: TIMAR, out: Path, dtype: str, steps, int8: bool, opset: int, 
     if check:
         manifest["parity"] = check_parity(modules, inputs, out, manifest)
         log(
-            "  parity with PyTorch (max abs error): " + ", ".join(f"{k} {v:.2g}" for k, v in manifest["parity"].items())
+            "  max abs error against float32 PyTorch (int8: the quantisation's): "
+            + ", ".join(f"{k} {v:.2g}" for k, v in manifest["parity"].items())
         )
     import onnx
     import onnxruntime

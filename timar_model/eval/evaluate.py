@@ -3,6 +3,7 @@
     timar eval --checkpoint DIR --data DIR/test --history 0,1,3,7 [--out DIR] [--limit N]
     timar eval --baseline zero|mean|copy-partner [--train-data DIR/train] --data DIR/test ...
     timar eval ... --partner-motion full|pose|none   (what the model is given of the partner's motion)
+    timar eval ... --backend onnxruntime [--dtype float32|float16|int8] [--onnx-dir DIR]   (`timar export` graphs)
 
 For every history n (number of previous turns the model sees, the paper's n; the generator's window
 is n + 1 turns) and every speaker role of every clip (each speaker once as agent, the other as user),
