@@ -68,7 +68,7 @@ def test_lifecycle_and_parameters_over_dds(ros_domain_id, tmp_path):
                            "unconfigured", "finalized"]
     # parameters: live ones applied at once, reconfigure ones only while unconfigured, bad values refused
     assert r["set"]["history_turns@unconfigured"] == [True, ""]
-    assert r["set"]["dtype=float16"][0] is False and "float32" in r["set"]["dtype=float16"][1]
+    assert r["set"]["dtype=float64"][0] is False and "float32" in r["set"]["dtype=float64"][1]
     assert r["set"]["checkpoint@inactive"][0] is False and "clean" in r["set"]["checkpoint@inactive"][1]
     assert r["set"]["temperature=11"][0] is False
     assert r["set"]["temperature@active"] == [True, ""] and r["get"]["temperature"] == 0.6
@@ -262,7 +262,7 @@ def driver(result_path: str) -> None:
     lc = _Lifecycle(node, "agent")
     r: dict = {"states": [lc.state()], "set": {}, "get": {}}
     r["set"]["history_turns@unconfigured"] = lc.set("history_turns", 3)
-    r["set"]["dtype=float16"] = lc.set("dtype", "float16")
+    r["set"]["dtype=float64"] = lc.set("dtype", "float64")
     r["states"].append(lc.transition(Transition.TRANSITION_CONFIGURE))
     r["set"]["checkpoint@inactive"] = lc.set("checkpoint", "models/other")
     r["set"]["temperature=11"] = lc.set("temperature", 11.0)

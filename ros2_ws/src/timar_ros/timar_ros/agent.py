@@ -43,7 +43,13 @@ PARAMS = (
     Param("checkpoint", "models/timar-small-synth",
           "model folder (config.json + model.safetensors); relative paths from TIMAR_ROOT"),
     Param("device", "auto", "auto | cpu | cuda | cuda:N"),
-    Param("dtype", "bfloat16", "precision of the transformer blocks", choices=("float32", "bfloat16")),
+    Param("backend", "torch", "torch: the PyTorch modules; onnxruntime: the graphs of `timar export` "
+          "(docs/jetson.md)", choices=("torch", "onnxruntime")),
+    Param("onnx_dir", "", "an export of the checkpoint (`timar export`) for backend onnxruntime; "
+          "empty = export it at configure into a temporary folder"),
+    Param("dtype", "bfloat16", "precision of the transformer blocks; torch: float32 | bfloat16, "
+          "onnxruntime: float32 | float16 (fp16 export) | int8 (int8 backbone)",
+          choices=("float32", "bfloat16", "float16", "int8")),
     Param("threads", 0, "torch CPU threads for inference; 0 = half the cores", range=(0, 1024)),
     Param("inference_cpu", LIVE.inference_cpu, "pin the inference thread to this CPU; -1 = no pinning",
           range=(-1, 1023)),
@@ -131,6 +137,8 @@ class TimarAgent(LifecycleNode):
                 temperature=None if p["temperature"] < 0 else p["temperature"],
                 noise_correlation=None if p["noise_correlation"] < 0 else p["noise_correlation"],
                 seed=None if p["seed"] < 0 else p["seed"],
+                backend=p["backend"],
+                onnx_dir=resolve_path(p["onnx_dir"]) if p["onnx_dir"] else None,
             )
         except Exception as e:  # bad checkpoint / device / dtype / window: stay unconfigured with the reason
             self.get_logger().error(f"could not load the model from {path}: {type(e).__name__}: {e}")
@@ -165,7 +173,7 @@ class TimarAgent(LifecycleNode):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", qos.diagnostics())
         self._timer = self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.get_logger().info(
-            f"model {path} on {device} ({p['dtype']}), window {gen.context_turns} turns, "
+            f"model {path} on {device} ({p['backend']}, {p['dtype']}), window {gen.context_turns} turns, "
             f"output delay {p['output_delay']} s"
         )
         return super().on_configure(state)
