@@ -125,6 +125,26 @@ def test_claims_text_from_numbers():
     assert "Holds in part" in text and "3 of 4 metrics" in text
     assert "FD-exp 20.0 % lower" in text and "FD-pose 11.1 % higher" in text and "holds in part" in text
     assert "2.00 x the ground truth's (outside 0.8-1.25)" in text
+    # the paired view: the same seeds at both n
+    text = "\n".join(claims(stats, [0, 7], {"mse_exp": (0.01, 0.002, 3)}))
+    assert "MSE-exp 4.000 -> 3.990 (-0.2 %, seed std 0.010, paired gain per seed +0.010 ± 0.002: no)" in text
+
+
+def test_paired_gains_pair_the_seeds():
+    from timar_model.eval.compare import HISTORY_KEYS, Row, paired_gains
+
+    def doc(values):  # {n: value of every history key}
+        return {"contexts": {f"n{n}": {"context": n, "published": {k: v for k in HISTORY_KEYS},
+                                       "mean": {k: v for k in HISTORY_KEYS}} for n, v in values.items()}}
+
+    docs = {(Row("timar", "", 0), "test"): doc({0: 5.0, 7: 4.0}),  # seeds far apart, each better by ~1 at n = 7
+            (Row("timar", "", 1), "test"): doc({0: 9.0, 7: 7.8}),
+            (Row("timar", "", 2), "test"): doc({0: 1.0, 7: 0.2}),
+            (Row("timar", "partner none", 0), "test"): doc({0: 0.0, 7: 100.0}),  # another variant: not paired
+            (Row("timar", "", 0), "ood"): doc({0: 0.0, 7: 100.0})}
+    g = paired_gains(docs, "test", "timar", 0, 7)
+    mean, std, count = g["mse_pose"]
+    assert count == 3 and mean == pytest.approx(1.0) and std == pytest.approx(0.2)
 
 
 def test_paper_budget_recipes_resolve(tmp_path):
