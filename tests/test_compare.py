@@ -107,6 +107,23 @@ def test_compare_reuses_runs_and_evaluations(compared, capsys):
     assert json.loads((out / "comparison.json").read_text())["stats"] == json.loads(before)["stats"]
 
 
+def test_compare_evaluates_only_the_missing_history(compared):
+    """An evaluation with some n already done computes only the others (n = 0 kept as it was)."""
+    corpus, out, argv = compared
+    folder = out / "eval" / "mlp-head-seed0" / "test"
+    doc = json.loads((folder / "metrics.json").read_text())
+    n1 = doc["contexts"].pop("n1")
+    (folder / "metrics.json").write_text(json.dumps(doc))
+    n0_files = {p: p.stat().st_mtime_ns for p in (folder / "n0").glob("*.npy")}
+    args = list(argv)
+    args[args.index("--seeds") + 1] = "0"
+    assert cli.main([*args, "--systems", "mlp-head", "--splits", "test"]) == 0
+    again = json.loads((folder / "metrics.json").read_text())
+    assert again["contexts"]["n0"] == doc["contexts"]["n0"]
+    assert again["contexts"]["n1"]["mean"] == pytest.approx(n1["mean"])  # deterministic head: same numbers
+    assert {p: p.stat().st_mtime_ns for p in (folder / "n0").glob("*.npy")} == n0_files  # not regenerated
+
+
 def test_claims_text_from_numbers():
     def s(mean, std=0.0, n=3):
         return (mean, std, n)

@@ -197,17 +197,24 @@ def evaluate_row(row: Row, model_dir: Path, split: str, plan: Plan, history: lis
     """metrics.json of one row on one split (computed, or read back when it exists)."""
     folder = plan.out / "eval" / row.folder / split
     path = folder / "metrics.json"
+    samples = evaluate.load_split(plan.corpus / split, limit)
+    done: dict[int, evaluate.HistoryResult] = {}  # n evaluated before on the same clips: kept, not recomputed
     if path.is_file():
         doc = json.loads(path.read_text())
         if all(f"n{n}" in doc["contexts"] for n in history):
             return doc
-    samples = evaluate.load_split(plan.corpus / split, limit)
-    predictors = predictors_for(row, model_dir, history, device)
+        if doc.get("samples") == len(samples):
+            done = {c["context"]: evaluate.HistoryResult(c["context"], c["per_sample"], c["mean"],
+                                                         c.get("generation_seconds", float("nan")))
+                    for c in doc["contexts"].values()}
+    todo = [n for n in history if n not in done]
+    predictors = predictors_for(row, model_dir, todo, device)
     if row.variant == "offline":  # the whole clip: one evaluation serves every n
-        once = evaluate.evaluate_predictor(predictors[history[0]], samples, folder / "offline", history[0])
-        results = [dataclasses.replace(once, history=n) for n in history]
+        once = evaluate.evaluate_predictor(predictors[todo[0]], samples, folder / "offline", todo[0])
+        done.update({n: dataclasses.replace(once, history=n) for n in todo})
     else:
-        results = [evaluate.evaluate_predictor(predictors[n], samples, folder / f"n{n}", n) for n in history]
+        done.update({n: evaluate.evaluate_predictor(predictors[n], samples, folder / f"n{n}", n) for n in todo})
+    results = [done[n] for n in sorted(done)]
     meta = {"data": str(plan.corpus / split), "samples": len(samples), "checkpoint": str(model_dir),
             "system": row.system, "variant": row.variant, "seed": row.seed}
     evaluate.write_results(folder, results, meta)
