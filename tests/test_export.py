@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 from test_checkpoint import tiny_small
+from test_device_generic import turns  # random (user audio, partner motion, agent audio) turns
 from test_model_parity import REF, TURNS, build_tiny
 
 from timar_model.cli import main as timar_main
@@ -58,17 +59,6 @@ def small_model(seed=0, **kw) -> TIMAR:
             p.add_(0.05 * torch.randn_like(p))
     return m
 
-
-def turns(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            (0.3 * rng.standard_normal(16000)).astype(np.float32),
-            (0.1 * rng.standard_normal((25, 56))).astype(np.float32),
-            (0.3 * rng.standard_normal(16000)).astype(np.float32),
-        )
-        for _ in range(n)
-    ]
 
 
 def err(a, b) -> float:
