@@ -12,7 +12,7 @@ from test_evaluate import write_tiny_corpus
 
 from timar_model import cli
 from timar_model.data.partner_motion import apply_dropout, check_dropout, partner_motion_view
-from timar_model.eval.compare import PAPER_SYSTEMS, SYSTEMS, Plan, claims, recipe_overrides
+from timar_model.eval.compare import PAPER_SYSTEMS, REFERENCE_SYSTEMS, SYSTEMS, Plan, claims, recipe_overrides
 from timar_model.motion import HEAD_ROT
 
 
@@ -97,6 +97,14 @@ def test_compare_trains_evaluates_and_writes_the_table(compared):
     assert off["0"]["mse_exp"] == off["1"]["mse_exp"]  # offline: the same prediction at every n
     pred = np.load(next((out / "eval" / "timar-partner-none-seed0" / "test" / "n1").glob("*.npy")))
     assert pred.shape[1] == 56
+    # the reference: the training split's mean frame, every frame, one row for every n, named in the claims
+    from timar_model.eval.baselines import training_mean_motion
+
+    ref = doc["stats"]["test"]["mean (reference)"]
+    assert ref["0"] == ref["1"] and "| mean (reference) | all |" in md
+    assert "the training mean (no input at all)" in md
+    pred = np.load(next((out / "eval" / "mean-reference-seed0" / "test" / "reference").glob("*.npy")))
+    assert np.allclose(pred, training_mean_motion(corpus / "train")[None], atol=1e-6)
 
 
 def test_compare_reuses_runs_and_evaluations(compared, capsys):
@@ -172,7 +180,11 @@ def test_paper_budget_recipes_resolve(tmp_path):
     assert set(PAPER_SYSTEMS) == set(SYSTEMS)
     plan = Plan(tmp_path / "dualtalk", tmp_path / "out", tmp_path / "runs", "paper", [])
     kinds = {}
-    for system, (name,) in PAPER_SYSTEMS.items():
+    for system, recipes in PAPER_SYSTEMS.items():
+        if not recipes:  # a reference (the training mean): nothing to train
+            assert system in REFERENCE_SYSTEMS
+            continue
+        (name,) = recipes
         r = load_recipe(RECIPES / f"{name}.yaml", recipe_overrides(plan, name))
         assert r.train_data == str(tmp_path / "dualtalk" / "train") and r.epochs == 400 and r.batch_size == 32
         assert r.speech_encoder_path and r.init_from is None

@@ -15,6 +15,9 @@ budget paper: one paper-<system>.yaml each, TIMAR-large and DualTalk at the publ
   enc-dec      ablation "Asym EncDec": MAE-style encoder over visible tokens + decoder (both stages)
   dualtalk     the DualTalk baseline at a comparable parameter count; evaluated offline on whole clips (as
                published: the same prediction at every n) and, labelled "sliding window", as a streaming use
+  mean         a reference, not trained: the training split's mean frame at every frame (`timar eval
+               --baseline mean`), what a model knowing nothing of the inputs scores; the floor that the
+               partner-motion views are read against
 Budgets: `small` = the recipes as written, for a 2-core CPU (the shipped model's step counts: 1000 + 600 steps
 of batch 8 for the two-stage systems, DualTalk 1000; README "Reproducing the paper's comparisons" has the
 times), `paper` = the paper's schedule (batch 32, blr 1e-4 with MAR's scaling, 400 epochs with 100 warm-up
@@ -52,8 +55,11 @@ SYSTEMS: dict[str, tuple[str, ...]] = {
     "bi-attn": ("bi-attn-stage1", "bi-attn"),
     "enc-dec": ("enc-dec-stage1", "enc-dec"),
     "dualtalk": ("dualtalk",),
+    "mean": (),  # a reference: nothing to train
 }
-PAPER_SYSTEMS: dict[str, tuple[str, ...]] = {name: (f"paper-{name}",) for name in SYSTEMS}
+REFERENCE_SYSTEMS = ("mean",)  # evaluated once: the same prediction at every n
+PAPER_SYSTEMS: dict[str, tuple[str, ...]] = {name: (f"paper-{name}",) if recipes else ()
+                                             for name, recipes in SYSTEMS.items()}
 MAIN = "timar"
 DIFFUSION_SYSTEMS = ("timar", "timar-pmd", "bi-attn", "enc-dec")  # sampled: one evaluation per seed
 PARTNER_VIEWS = ("pose", "none")  # timar and timar-pmd also evaluated with these (timar eval --partner-motion)
@@ -148,7 +154,7 @@ class Row:
     """One evaluated configuration: a system, its inference / partner view, the sampling seed."""
 
     system: str
-    variant: str = ""  # "", "offline", "sliding window", "partner pose", "partner none"
+    variant: str = ""  # "", "offline", "sliding window", "partner pose", "partner none", "reference"
     seed: int = 0
 
     @property
@@ -164,6 +170,8 @@ class Row:
 def rows_for(system: str, seeds: list[int]) -> list[Row]:
     if system == "dualtalk":
         return [Row(system, "offline"), Row(system, "sliding window")]
+    if system in REFERENCE_SYSTEMS:
+        return [Row(system, "reference")]
     if system in DIFFUSION_SYSTEMS:
         rows = [Row(system, "", s) for s in seeds]
         if system in PARTNER_SYSTEMS:
@@ -172,10 +180,21 @@ def rows_for(system: str, seeds: list[int]) -> list[Row]:
     return [Row(system)]
 
 
-def predictors_for(row: Row, model_dir: Path, history: list[int], device: str) -> dict[int, evaluate.Predictor]:
+def history_free(name: str) -> bool:
+    """A row whose prediction is the same at every n (DualTalk offline, the references): one table row."""
+    return name.endswith(("(offline)", "(reference)"))
+
+
+def predictors_for(row: Row, model_dir: Path | None, history: list[int], device: str,
+                   corpus: Path | None = None) -> dict[int, evaluate.Predictor]:
     from timar_model.model.checkpoint import load_pretrained
     from timar_model.runtime.streaming import StreamingGenerator
 
+    if row.system in REFERENCE_SYSTEMS:
+        from timar_model.eval.baselines import make_baseline
+
+        predict = evaluate.baseline_predictor(make_baseline(row.system, corpus / "train"))
+        return {n: predict for n in history}
     model = load_pretrained(model_dir, device=device)
     if row.system == "dualtalk":
         from timar_model.model.dualtalk_baseline import dualtalk_predictor
@@ -192,7 +211,7 @@ def predictors_for(row: Row, model_dir: Path, history: list[int], device: str) -
     return out
 
 
-def evaluate_row(row: Row, model_dir: Path, split: str, plan: Plan, history: list[int], limit: int | None,
+def evaluate_row(row: Row, model_dir: Path | None, split: str, plan: Plan, history: list[int], limit: int | None,
                  device: str) -> dict:
     """metrics.json of one row on one split (computed, or read back when it exists)."""
     folder = plan.out / "eval" / row.folder / split
@@ -208,9 +227,9 @@ def evaluate_row(row: Row, model_dir: Path, split: str, plan: Plan, history: lis
                                                          c.get("generation_seconds", float("nan")))
                     for c in doc["contexts"].values()}
     todo = [n for n in history if n not in done]
-    predictors = predictors_for(row, model_dir, todo, device)
-    if row.variant == "offline":  # the whole clip: one evaluation serves every n
-        once = evaluate.evaluate_predictor(predictors[todo[0]], samples, folder / "offline", todo[0])
+    predictors = predictors_for(row, model_dir, todo, device, plan.corpus)
+    if history_free(row.name):  # the whole clip / a reference: one evaluation serves every n
+        once = evaluate.evaluate_predictor(predictors[todo[0]], samples, folder / row.variant, todo[0])
         done.update({n: dataclasses.replace(once, history=n) for n in todo})
     else:
         done.update({n: evaluate.evaluate_predictor(predictors[n], samples, folder / f"n{n}", n) for n in todo})
@@ -280,11 +299,11 @@ def markdown_tables(stats: dict, history: list[int]) -> str:
         lines += [f"**{split}**\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for n in history:
             for name, by_n in systems.items():
-                if n not in by_n or ("offline" in name and n != history[0]):  # offline: one row, every n
+                if n not in by_n or (history_free(name) and n != history[0]):  # one row for every n
                     continue
                 s = by_n[n]
                 jaw = f"{_cell(s['jaw_speech_pred'], 3)} ({s['jaw_speech_gt'][0]:.3f})"
-                lines.append("| " + " | ".join([name, "all" if "offline" in name else str(n),
+                lines.append("| " + " | ".join([name, "all" if history_free(name) else str(n),
                                                 *(_cell(s[k]) for k in M.TABLE_KEYS),
                                                 _cell(s["head_speed_ratio"]), jaw]) + " |")
         lines.append("")
@@ -369,8 +388,10 @@ def claims(stats: dict, history: list[int], paired: dict | None = None) -> list[
                  for v in ("full", *PARTNER_VIEWS)}
         if all(v is not None for v in views.values()):
             f, p, z = (views[k][0] for k in ("full", "pose", "none"))
+            ref = _get(stats, split, "mean (reference)", top, "mse_pose")
             out.append(f"- **Partner motion** ({system}, {split}, n = {top}, MSE-pose x1e2): full {f:.3f}, head "
-                       f"pose only {p:.3f} ({_pct(p, f):+.0f} %), none {z:.3f} ({_pct(z, f):+.0f} %).")
+                       f"pose only {p:.3f} ({_pct(p, f):+.0f} %), none {z:.3f} ({_pct(z, f):+.0f} %)"
+                       + (f"; the training mean (no input at all) {ref[0]:.3f}" if ref is not None else "") + ".")
     costs = []
     for key in ("fid_exp", "mse_pose", "p_fid_pose"):
         a, b = _get(stats, split, "timar-pmd", top, key), _get(stats, split, MAIN, top, key)
@@ -425,8 +446,11 @@ def run(args: argparse.Namespace) -> int:
                 args.torchrun)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    models: dict[str, Path] = {}
+    models: dict[str, Path | None] = {}
     for system in systems:
+        if not recipes[system]:  # a reference: nothing to train
+            models[system] = None
+            continue
         final = plan.runs / recipes[system][-1] / "final"
         if args.skip_train:
             if not (final / "config.json").is_file():
