@@ -132,6 +132,34 @@ def test_compare_evaluates_only_the_missing_history(compared):
     assert {p: p.stat().st_mtime_ns for p in (folder / "n0").glob("*.npy")} == n0_files  # not regenerated
 
 
+def test_compare_table_only_reads_what_exists(compared, tmp_path, capsys):
+    """--table-only trains and evaluates nothing: the table holds the evaluations that exist, restricted to the
+    n asked for, and names the rows that are missing."""
+    corpus, out, argv = compared
+    table = tmp_path / "table"
+    (table / "eval").mkdir(parents=True)
+    for folder in ("timar-seed0", "mlp-head-seed0"):  # timar seed 1 and dualtalk: not evaluated here
+        (table / "eval" / folder).symlink_to(out / "eval" / folder, target_is_directory=True)
+    before = {p: p.stat().st_mtime_ns for p in (out / "eval").rglob("metrics.json")}
+    args = ["compare", "--corpus", str(corpus), "--out", str(table), "--runs", str(tmp_path / "no-runs"),
+            "--budget", "tiny", "--systems", "timar,mlp-head,dualtalk", "--history", "1", "--seeds", "0,1",
+            "--splits", "test", "--limit", "1", "--table-only"]
+    assert cli.main(args) == 0
+    assert not (tmp_path / "no-runs").exists()
+    assert {p: p.stat().st_mtime_ns for p in (out / "eval").rglob("metrics.json")} == before
+    doc = json.loads((table / "comparison.json").read_text())
+    assert set(doc["stats"]["test"]) == {"timar", "mlp-head"} and set(doc["stats"]["test"]["timar"]) == {"1"}
+    assert doc["stats"]["test"]["timar"]["1"]["fid_exp"][2] == 1  # one seed of the two asked for
+    md = (table / "comparison.md").read_text()
+    missing = md.split("not evaluated: ", 1)[1].split(".\n", 1)[0].split("; ")
+    assert missing == ["timar seed 1 on test", "timar (partner pose) seed 0 on test",
+                       "timar (partner none) seed 0 on test", "dualtalk (offline) seed 0 on test",
+                       "dualtalk (sliding window) seed 0 on test"]
+    args[args.index("--systems") + 1] = "enc-dec"
+    assert cli.main(args) == 2
+    assert "--table-only: no evaluations" in capsys.readouterr().err
+
+
 def test_claims_text_from_numbers():
     def s(mean, std=0.0, n=3):
         return (mean, std, n)

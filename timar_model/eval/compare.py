@@ -4,7 +4,7 @@ write the paper-layout table with a short text of which of the paper's claims ho
     timar compare --corpus data/synth-v2 --out outputs/compare/v2 [--budget small|paper|tiny] \
         [--systems timar,timar-pmd,mlp-head,bi-attn,enc-dec,dualtalk] [--history 0,1,3,7] \
         [--seeds 0,1,2] [--splits test,ood] [--limit N] [--runs DIR] [--set key=value ...] [--torchrun N] \
-        [--skip-train]
+        [--skip-train | --table-only]
 
 Systems (recipes in config/train/compare/, trained in this order; a stage-2 recipe starts from its stage 1;
 budget paper: one paper-<system>.yaml each, TIMAR-large and DualTalk at the published sizes):
@@ -240,6 +240,19 @@ def evaluate_row(row: Row, model_dir: Path | None, split: str, plan: Plan, histo
     return json.loads(path.read_text())
 
 
+def existing_evaluation(row: Row, split: str, plan: Plan, history: list[int], limit: int | None) -> dict | None:
+    """metrics.json of a row as evaluated before, restricted to the n of `history` it has (None: not evaluated,
+    or on other clips than the split's first `limit`)."""
+    path = plan.out / "eval" / row.folder / split / "metrics.json"
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    if limit is not None and doc.get("samples") != len(evaluate.load_split(plan.corpus / split, limit)):
+        return None
+    doc["contexts"] = {k: c for k, c in doc["contexts"].items() if c["context"] in history}
+    return doc if doc["contexts"] else None
+
+
 # ----------------------------------------------------------------------------- tables and claims
 
 
@@ -427,6 +440,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recipe override for every training (repeatable), e.g. threads=2")
     parser.add_argument("--torchrun", type=int, metavar="N", help="train each recipe with torchrun on N processes")
     parser.add_argument("--skip-train", action="store_true", help="only evaluate runs that exist")
+    parser.add_argument("--table-only", action="store_true",
+                        help="no training, no evaluation: write the table from the evaluations in OUT/eval that "
+                             "exist (rows, seeds and n not evaluated are left out and listed)")
     parser.add_argument("--device", default="cpu", help="evaluation device")
 
 
@@ -452,7 +468,9 @@ def run(args: argparse.Namespace) -> int:
             models[system] = None
             continue
         final = plan.runs / recipes[system][-1] / "final"
-        if args.skip_train:
+        if args.table_only:
+            pass
+        elif args.skip_train:
             if not (final / "config.json").is_file():
                 raise FileNotFoundError(f"--skip-train: {system} has no trained model at {final}")
         else:
@@ -460,12 +478,21 @@ def run(args: argparse.Namespace) -> int:
                 final = train_recipe(plan, recipe)
         models[system] = final
     t_train = time.time() - t0
-    docs = {}
+    docs, missing = {}, []
     for system in systems:
         for row in rows_for(system, seeds):
             for split in splits:
+                if args.table_only:
+                    doc = existing_evaluation(row, split, plan, history, args.limit)
+                    if doc is None:
+                        missing.append(f"{row.name} seed {row.seed} on {split}")
+                    else:
+                        docs[row, split] = doc
+                    continue
                 print(f"compare: evaluating {row.name} seed {row.seed} on {split}")
                 docs[row, split] = evaluate_row(row, models[system], split, plan, history, args.limit, args.device)
+    if args.table_only and not docs:
+        raise FileNotFoundError(f"--table-only: no evaluations under {plan.out / 'eval'} for these systems")
     stats = collect(docs)
     text = claims(stats, history, paired_gains(docs, "test" if "test" in splits else splits[0], MAIN,
                                                min(history), max(history)))
@@ -478,8 +505,12 @@ def run(args: argparse.Namespace) -> int:
               f"{f', first {args.limit} clips' if args.limit else ''}. Streaming evaluation with "
               f"`mask_history_agent` (timar eval); DualTalk offline = the whole clip at once (as published; the "
               f"same at every n), DualTalk sliding window = turn k from turns [k - n, k] (a streaming use, not the "
-              f"published protocol). Published scaling. Machine: {_machine()}; training {t_train / 60:.1f} min, "
-              f"total {(time.time() - t0) / 60:.1f} min this run (reused runs not counted).\n")
+              f"published protocol). Published scaling. Machine: {_machine()}"
+              + ("" if args.table_only else f"; training {t_train / 60:.1f} min, total {(time.time() - t0) / 60:.1f} "
+                 "min this run (reused runs not counted)") + ".\n")
+    if args.table_only:
+        header += ("\nAssembled from the evaluations that exist (`--table-only`); each cell's ± std and seed count are "
+                   "over the seeds evaluated" + (f"; not evaluated: {'; '.join(missing)}" if missing else "") + ".\n")
     md = header + "\n## Claims\n\n" + "\n".join(text) + "\n\n## Tables\n\n" + markdown_tables(stats, history)
     (args.out / "comparison.md").write_text(md)
     (args.out / "comparison.json").write_text(json.dumps(
