@@ -464,13 +464,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     models: dict[str, Path | None] = {}
     for system in systems:
-        if not recipes[system]:  # a reference: nothing to train
+        if args.table_only or not recipes[system]:  # nothing to train (a reference) or to load
             models[system] = None
             continue
         final = plan.runs / recipes[system][-1] / "final"
-        if args.table_only:
-            pass
-        elif args.skip_train:
+        if args.skip_train:
             if not (final / "config.json").is_file():
                 raise FileNotFoundError(f"--skip-train: {system} has no trained model at {final}")
         else:
