@@ -1,6 +1,7 @@
 """Which parts of the partner's motion does a model's own jaw depend on? For each checkpoint, the jaw~own
 speech correlation of its streamed predictions (n = 7) when the partner's motion keeps only some parts
-(the rest zeros, as `timar eval --partner-motion pose|none` does for the whole face).
+(the rest unobserved: zeros, or NaN for a model with absence codes, as `timar eval --partner-motion pose|none`
+does for the whole face; such a model takes a partly observed face as unobserved).
 
     python scripts/partner_parts_probe.py CKPT [CKPT ...] [--data data/synth-v2/test] [--clips 4]
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from timar_model.data.partner_motion import absent_fill
 from timar_model.eval import evaluate
 from timar_model.model.checkpoint import load_pretrained
 from timar_model.motion import HEAD_ROT
@@ -25,8 +27,8 @@ VIEWS = {"full": EXP + JAW + HEAD, "jaw only": JAW, "head + jaw": HEAD + JAW, "e
 class PartsView:
     """A sample whose partner motion keeps only the columns `keep` (the metrics still use the real one)."""
 
-    def __init__(self, sample, keep: list[int]):
-        self._sample, self._keep = sample, keep
+    def __init__(self, sample, keep: list[int], fill: float):
+        self._sample, self._keep, self._fill = sample, keep, fill
 
     def __getattr__(self, name: str):
         return getattr(self._sample, name)
@@ -34,7 +36,7 @@ class PartsView:
     @property
     def user_motion(self) -> np.ndarray:
         m = np.asarray(self._sample.user_motion)
-        out = np.zeros_like(m)
+        out = np.full_like(m, self._fill)
         out[:, self._keep] = m[:, self._keep]
         return out
 
@@ -48,9 +50,11 @@ def main() -> None:
     samples = evaluate.load_split(args.data, args.clips)
     for ckpt in args.checkpoints:
         model = load_pretrained(ckpt)
+        fill = absent_fill(model.config)
         for name, keep in VIEWS.items():
             predict = evaluate.generator_predictor(StreamingGenerator(model, seed=0))
-            r = evaluate.evaluate_predictor(lambda s, t, p=predict, k=keep: p(PartsView(s, k), t), samples, None, 7)
+            view = lambda s, t, p=predict, k=keep, f=fill: p(PartsView(s, k, f), t)  # noqa: E731
+            r = evaluate.evaluate_predictor(view, samples, None, 7)
             print(f"{ckpt}  {name:20s} jaw~speech {r.mean['jaw_speech_pred']:.3f}", flush=True)
 
 

@@ -158,3 +158,18 @@ def test_training_step_on_the_injected_device_and_dtype(device, dtype):
     opt.step()
     changed = [k for k, p in model.named_parameters() if not torch.equal(p.detach(), before[k])]
     assert "encoder_blocks.0.attn.qkv.weight" in changed and "diffloss.net.input_proj.weight" in changed
+
+
+def test_auto_dtype_takes_bf16_only_where_the_hardware_has_it():
+    from timar_model.runtime.streaming import native_bf16, resolve_dtype
+
+    assert not native_bf16("cpu", cpu_flags={"avx512f", "avx512bw", "avx512_vnni"})  # emulated bf16
+    assert native_bf16("cpu", cpu_flags={"avx512f", "avx512_bf16"}) and native_bf16("cpu", cpu_flags={"amx_bf16"})
+    assert native_bf16("cpu", cpu_flags={"asimd", "bf16"})  # Armv8.6+
+    assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("int8", "cpu", "onnxruntime") == "int8"
+    assert resolve_dtype("auto", "cpu", "onnxruntime") == "float32"
+    here = "bfloat16" if native_bf16("cpu") else "float32"
+    gen = StreamingGenerator(tiny_model(), dtype="auto")
+    assert gen.dtype_name == here and gen.dtype == {"float32": torch.float32, "bfloat16": torch.bfloat16}[here]
+    if torch.cuda.is_available():
+        assert resolve_dtype("auto", "cuda") == ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")

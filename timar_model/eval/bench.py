@@ -105,7 +105,10 @@ def cpu_model() -> str:
 
 
 def host_info(device: str) -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "device": device}
+    from timar_model.runtime.streaming import native_bf16
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "device": device,
+            "native_bf16": native_bf16(device)}  # what the agent's dtype "auto" goes by
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(dev)
@@ -494,7 +497,8 @@ def run(args: argparse.Namespace) -> int:
     variants = parse_variants(args.variants, args.backend, args.dtype)
     limit_gb = args.max_params_gb if args.max_params_gb is not None else 0.4 * total_ram_gb()
     host = host_info(args.device)
-    print(f"host: {host['cpu']}, {host['cores']} cores" + (f"; GPU {host['gpu']}" if "gpu" in host else ""))
+    print(f"host: {host['cpu']}, {host['cores']} cores" + (f"; GPU {host['gpu']}" if "gpu" in host else "")
+          + f"; bf16 in hardware: {'yes' if host['native_bf16'] else 'no (emulated)'}")
     print(
         f"device {args.device}, variants {', '.join(f'{b}:{d}' for b, d in variants)}, torch threads "
         f"{torch.get_num_threads()}, {args.turns} turns per preset on a full window; load average (1 min) "

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from timar_model.data.partner_motion import absent_fill
 from timar_model.eval import evaluate
 from timar_model.eval import metrics as M
 
@@ -207,7 +208,8 @@ def predictors_for(row: Row, model_dir: Path | None, history: list[int], device:
         out[n] = evaluate.generator_predictor(gen)
     if row.variant.startswith("partner "):
         view = row.variant.split(" ", 1)[1]
-        out = {n: evaluate.partner_predictor(p, view) for n, p in out.items()}
+        fill = absent_fill(model.config)
+        out = {n: evaluate.partner_predictor(p, view, fill) for n, p in out.items()}
     return out
 
 

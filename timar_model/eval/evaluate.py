@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from timar_model.data.dualtalk import dualtalk_from_motion56
-from timar_model.data.partner_motion import PARTNER_MOTION_MODES, PartnerMotionSample
+from timar_model.data.partner_motion import PARTNER_MOTION_MODES, PartnerMotionSample, absent_fill
 from timar_model.eval import metrics as M
 from timar_model.eval.baselines import BASELINES, Baseline, make_baseline
 from timar_model.motion import FRAMES_PER_TURN, MOTION_DIM, SAMPLES_PER_TURN
@@ -134,10 +134,13 @@ def generator_predictor(gen) -> Predictor:
     return lambda sample, turns: stream_sample(gen, sample, turns)
 
 
-def partner_predictor(predict: Predictor, mode: str) -> Predictor:
+def partner_predictor(predict: Predictor, mode: str, fill: float = 0.0) -> Predictor:
     """`predict` given the partner's motion seen through `mode` (full | pose | none; see
-    timar_model.data.partner_motion); the metrics still use the real partner."""
-    return predict if mode == "full" else (lambda sample, turns: predict(PartnerMotionSample(sample, mode), turns))
+    timar_model.data.partner_motion), unobserved parts set to `fill` (the model's `absent_fill`); the metrics
+    still use the real partner."""
+    if mode == "full":
+        return predict
+    return lambda sample, turns: predict(PartnerMotionSample(sample, mode, fill), turns)
 
 
 def baseline_predictor(baseline: Baseline) -> Predictor:
@@ -357,9 +360,10 @@ def run(args: argparse.Namespace) -> int:
                         temperature=gen.temperature, noise_correlation=gen.noise_correlation,
                         head_smoothing=gen.head_smoothing)  # the sampling used
 
+    fill = absent_fill(model.config) if args.checkpoint else 0.0
     results = []
     for n in history:
-        predict = partner_predictor(predictors[n], args.partner_motion)
+        predict = partner_predictor(predictors[n], args.partner_motion, fill)
         results.append(evaluate_predictor(predict, samples, out / f"n{n}", n, args.max_seconds, progress=True))
     write_results(out, results, meta)
     print(M.format_table({f"{name} n={r.history}": r.mean for r in results}))

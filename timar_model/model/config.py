@@ -88,6 +88,12 @@ class TimarConfig:
     # --- training ---
     mask_ratio_min: float = 0.7  # 1.0: always mask every agent-motion token (as streaming inference does)
     cond_drop_prob: float = 0.1
+    # Learned "not observed" codes for the partner's motion: NaN in a part of the user motion (the face =
+    # expression + jaw, or the head rotation) marks it as unobserved (a head-pose tracker has no face, a
+    # robot without a tracker has neither); the part enters as the training mean and its code is added to
+    # the token (TIMAR.encode_motion). Off = the release: absent parts are fed as zeros, indistinguishable
+    # from a partner who holds a neutral face (timar_model/data/partner_motion.py).
+    partner_absent_embed: bool = False
     # --- head ---
     head: str = "diffusion"
     diffloss_depth: int = 3

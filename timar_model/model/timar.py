@@ -21,6 +21,7 @@ from timar_model.model.config import NUM_SPECIAL_TOKENS, TimarConfig
 from timar_model.model.diffloss import DiffLoss, MLPHead
 from timar_model.model.speech import build_speech_encoder
 from timar_model.model.vit import Block, BlockCausal
+from timar_model.motion import HEAD_ROT
 
 # token types inside a turn
 SPECIAL, USER_SPEECH, USER_MOTION, AGENT_SPEECH, AGENT_MOTION = range(5)
@@ -132,6 +133,8 @@ class TIMAR(nn.Module):
         self.speech_projection = nn.Linear(c.speech_dim, D)
         self.sep_tok_emb = nn.Embedding(NUM_SPECIAL_TOKENS, D)
         self.fake_latent = nn.Parameter(torch.zeros(1, D))
+        # rows: the partner's face (expression + jaw) not observed, its head rotation not observed
+        self.partner_absent_emb = nn.Parameter(torch.zeros(2, D)) if c.partner_absent_embed else None
         # mask_ratio_min = 1 masks every agent-motion token, exactly what streaming with mask_history_agent sees
         self.mask_ratio_generator = (
             stats.truncnorm((c.mask_ratio_min - 1.0) / 0.25, 0, loc=1.0, scale=0.25)
@@ -188,6 +191,7 @@ class TIMAR(nn.Module):
             self.mask_token,
             self.encoder_pos_embed_learned,
             self.diffusion_pos_embed_learned,
+            *([] if self.partner_absent_emb is None else [self.partner_absent_emb]),
         ):
             nn.init.normal_(p, std=0.02)
         if self.config.pos_embed_init == "frame_sincos" and not self.encoder_pos_embed_learned.is_meta:
@@ -264,8 +268,19 @@ class TIMAR(nn.Module):
         return motion * self.motion_std.to(motion.dtype) + self.motion_mean.to(motion.dtype)
 
     def encode_motion(self, motion: torch.Tensor) -> torch.Tensor:
-        """Raw motion (B, T, 56) -> (B, T, token_dim)."""
-        return self.motion_encoder(self.motion_to_model(motion))
+        """Raw motion (B, T, 56) -> (B, T, token_dim). With config.partner_absent_embed, a part of a frame
+        (the face = expression + jaw, or the head rotation) with any NaN is unobserved: it enters as the
+        training mean (0 in the model's space) and that part's row of partner_absent_emb is added."""
+        x = self.motion_to_model(motion)
+        if self.partner_absent_emb is None:
+            return self.motion_encoder(x)
+        nan = torch.isnan(x)
+        face = nan[..., : HEAD_ROT.start].any(-1, keepdim=True)  # (B, T, 1)
+        head = nan[..., HEAD_ROT].any(-1, keepdim=True)
+        absent = torch.cat([face.expand(-1, -1, HEAD_ROT.start), head.expand(-1, -1, x.shape[-1] - HEAD_ROT.start)], -1)
+        x = torch.where(absent, torch.zeros((), dtype=x.dtype, device=x.device), x)
+        emb = self.partner_absent_emb.to(x.dtype)
+        return self.motion_encoder(x) + face.to(x.dtype) * emb[0] + head.to(x.dtype) * emb[1]
 
     def interleave(
         self,

@@ -10,13 +10,18 @@ dtype "bfloat16" (CPU or GPU): the backbone blocks' Linear weights are cast to b
 a copy (the model passed in is not modified; later changes to its weights are not seen by this generator).
 The backbone's matmuls, attention and GELU then run in bf16 while its residual stream, LayerNorms, the
 token embedding, the speech encoder and the diffusion head stay float32; no autocast, no per-call weight
-casts. Against float32: max |error| ~1e-3 on the reference-tiny stream, see tests/test_streaming.py.
+casts. Against float32: max |error| ~1e-3 on the reference-tiny stream, see tests/test_streaming.py. dtype
+"auto": bfloat16 where the device does it in hardware (native_bf16), else float32 (emulated bf16 is slower).
 
 backend "onnxruntime": the three stages (turn tokens, backbone, sampler) run the graphs of `timar export`
 (timar_model/deploy) instead of the PyTorch modules; dtype then picks the export's variant: float32, float16
 or int8 (int8 linears in the backbone). Normalisation, the window and the noise draws stay here, so for the
 same seed both backends emit the same motion to float32 rounding. onnx_dir: an export of this model (checked
 against its weights), or None to export into a temporary folder at construction.
+
+partner_motion "pose" | "none" (a head-pose tracker, no tracker): the user motion passed in is seen through
+that view (timar_model/data/partner_motion.py) with the model's fill for unobserved parts: zeros, or NaN for
+a model with `partner_absent_embed`, which also accepts NaN parts in the user motion passed to `step`.
 
 Device and dtype come only from the arguments (nothing assumes a CPU): the per-turn path moves the inputs to
 the device once and the motion back once; the CUDA synchronisations are only those that close a stage's
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from timar_model.data.partner_motion import PARTNER_MOTION_MODES, absent_fill, partner_motion_view
 from timar_model.model.diffusion import create_diffusion
 from timar_model.model.speech import RunningAudioNorm, _zero_mean_unit_var
 from timar_model.model.timar import AGENT_MOTION, TIMAR
@@ -41,6 +47,33 @@ from timar_model.model.vit import cast_linears
 from timar_model.motion import HEAD_ROT
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def native_bf16(device: str | torch.device, cpu_flags: set[str] | None = None) -> bool:
+    """Whether `device` does bf16 matmuls in hardware: a CUDA GPU with bf16 support (Ampere and later, incl.
+    Jetson Orin), or a CPU with AVX512-BF16 / AMX (x86) or the bf16 extension (Arm). Elsewhere PyTorch emulates
+    bf16 and it is slower than float32. cpu_flags: the CPU's feature flags (default: read /proc/cpuinfo)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    if cpu_flags is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        cpu_flags = {f for line in text.splitlines() if line.startswith(("flags", "Features"))
+                     for f in line.split(":", 1)[1].split()}
+    return bool(cpu_flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_dtype(dtype: str, device: str | torch.device, backend: str = "torch") -> str:
+    """"auto" -> bfloat16 on a device with native bf16 for the torch backend, else float32; other names as
+    given."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if backend == "torch" and native_bf16(device) else "float32"
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -80,10 +113,19 @@ class StreamingGenerator:
         backend: str = "torch",
         onnx_dir: str | Path | None = None,
         head_smoothing: float | None = None,
+        partner_motion: str = "full",
     ):
         cfg = model.config
+        if partner_motion not in PARTNER_MOTION_MODES:
+            raise ValueError(
+                f"StreamingGenerator: partner_motion {partner_motion!r}; expected one of {PARTNER_MOTION_MODES}"
+            )
+        self.partner_motion = partner_motion
+        self.partner_fill = absent_fill(cfg)
         if backend not in BACKENDS:
             raise ValueError(f"StreamingGenerator: backend {backend!r}; expected one of {BACKENDS}")
+        dtype = resolve_dtype(dtype, device, backend)
+        self.dtype_name = dtype
         if backend == "torch" and dtype not in DTYPES:
             raise ValueError(f"StreamingGenerator: dtype {dtype!r}; expected one of {sorted(DTYPES)}")
         self.device = torch.device(device)
@@ -156,6 +198,7 @@ class StreamingGenerator:
         backend: str = "torch",
         onnx_dir: str | Path | None = None,
         head_smoothing: float | None = None,
+        partner_motion: str = "full",
     ) -> StreamingGenerator:
         from timar_model.model.checkpoint import load_pretrained
 
@@ -172,6 +215,7 @@ class StreamingGenerator:
             backend=backend,
             onnx_dir=onnx_dir,
             head_smoothing=head_smoothing,
+            partner_motion=partner_motion,
         )
 
     # ------------------------------------------------------------------ properties
@@ -206,12 +250,12 @@ class StreamingGenerator:
         self._head_state: np.ndarray | None = None  # (3,): last output frame's head rotation (head_smoothing)
 
     # ------------------------------------------------------------------ one turn
-    def _check(self, name: str, x, shape: tuple[int, ...]) -> np.ndarray:
+    def _check(self, name: str, x, shape: tuple[int, ...], nan_ok: bool = False) -> np.ndarray:
         x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
         if x.shape != shape:
             raise ValueError(f"StreamingGenerator.step: {name} must have shape {shape}, got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError(f"StreamingGenerator.step: {name} contains NaN or Inf")
+        if not (np.isfinite(x) | (nan_ok & np.isnan(x))).all():
+            raise ValueError(f"StreamingGenerator.step: {name} contains {'Inf' if nan_ok else 'NaN or Inf'}")
         return x
 
     def _normalise(self, who: str, audio: np.ndarray) -> np.ndarray:
@@ -267,7 +311,9 @@ class StreamingGenerator:
         noise: optional explicit Gaussian draws (steps + 1, F, 56). Returns agent motion (F, 56) float32."""
         F, S = self.frames_per_turn, self.samples_per_turn
         us = self._check("user_speech", user_speech, (S,))
-        um = self._check("user_motion", user_motion, (F, self.config.motion_dim))
+        nan_ok = self.config.partner_absent_embed  # NaN = an unobserved part of the partner's motion
+        um = self._check("user_motion", user_motion, (F, self.config.motion_dim), nan_ok=nan_ok)
+        um = partner_motion_view(um, self.partner_motion, self.partner_fill)
         ag = self._check("agent_speech", agent_speech, (S,))
         t0 = time.perf_counter()
         audio = np.stack([self._normalise("user", us), self._normalise("agent", ag)])

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from timar_model.data.partner_motion import apply_dropout
+from timar_model.data.partner_motion import absent_fill, apply_dropout
 from timar_model.train.distributed import (
     EpochBatchSampler,
     init_distributed,
@@ -239,6 +239,7 @@ def train(
     seed_everything(recipe.seed)
     model = build_model(recipe).to(device)
     config = model.config
+    partner_fill = absent_fill(config)  # what partner-motion dropout writes into unobserved parts
     if recipe.grad_checkpointing:
         enable_gradient_checkpointing(model)
     ema = EMA(model, recipe.ema_decay)
@@ -374,7 +375,7 @@ def train(
                 for k in ("user_speech", "user_motion", "agent_speech", "agent_motion")
             ]
             if recipe.partner_motion_dropout:  # head-pose-only / no partner motion for some windows
-                tensors[1] = apply_dropout(tensors[1], recipe.partner_motion_dropout)
+                tensors[1] = apply_dropout(tensors[1], recipe.partner_motion_dropout, fill=partner_fill)
             autocast = (
                 torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
             )

@@ -245,7 +245,15 @@ def build_model(recipe: TrainRecipe) -> nn.Module:
             extra.update(motion_mean=list(source.motion_mean), motion_std=list(source.motion_std))
         else:
             extra.update(motion_statistics(Path(recipe.train_data)))
-    model = TIMAR(build_config(recipe, extra))
+    config = build_config(recipe, extra)
+    if config.partner_absent_embed and not recipe.partner_motion_dropout:
+        raise ValueError("model.partner_absent_embed needs partner_motion_dropout (else its codes never train)")
+    if source is not None and source.partner_absent_embed != config.partner_absent_embed:
+        raise ValueError(
+            f"model.partner_absent_embed is {config.partner_absent_embed} but init_from {recipe.init_from} was "
+            f"trained with {source.partner_absent_embed}: set it the same in both stages"
+        )
+    model = TIMAR(config)
     if speech is not None:
         model.speech_encoder.model.load_state_dict(speech.state_dict())
     if recipe.init_from:

@@ -37,6 +37,8 @@ from .params import Param, declare_params, resolve_path
 from .spin import run_lifecycle_node
 
 LIVE = LiveConfig()  # the live loop's defaults
+# user_motion_source -> the view of the partner the model is given (timar_model/data/partner_motion.py)
+PARTNER_VIEW = {"head_motion": "full", "head_pose": "pose", "none": "none"}
 
 PARAMS = (
     Param("autostart", True, "configure and activate at start (else a lifecycle manager does)", change="restart"),
@@ -47,9 +49,10 @@ PARAMS = (
           "(docs/jetson.md)", choices=("torch", "onnxruntime")),
     Param("onnx_dir", "", "an export of the checkpoint (`timar export`) for backend onnxruntime; "
           "empty = export it at configure into a temporary folder"),
-    Param("dtype", "bfloat16", "precision of the transformer blocks; torch: float32 | bfloat16, "
-          "onnxruntime: float32 | float16 (fp16 export) | int8 (int8 backbone)",
-          choices=("float32", "bfloat16", "float16", "int8")),
+    Param("dtype", "auto", "precision of the transformer blocks; torch: float32 | bfloat16, "
+          "onnxruntime: float32 | float16 (fp16 export) | int8 (int8 backbone); auto = bfloat16 where the "
+          "device has it in hardware (torch), else float32",
+          choices=("auto", "float32", "bfloat16", "float16", "int8")),
     Param("threads", 0, "torch CPU threads for inference; 0 = half the cores", range=(0, 1024)),
     Param("inference_cpu", LIVE.inference_cpu, "pin the inference thread to this CPU; -1 = no pinning",
           range=(-1, 1023)),
@@ -77,8 +80,10 @@ PARAMS = (
     Param("max_inference_failures", LIVE.max_inference_failures,
           "failed turns in a row (exception, out of memory, NaN output) before the lifecycle error state",
           range=(1, 1000)),
-    Param("user_motion_source", "head_motion", "the partner's motion input",
-          choices=("head_motion", "head_pose", "none")),
+    Param("user_motion_source", "head_motion", "the partner's motion input: head_motion (a face tracker), "
+          "head_pose (rotation only) or none; unobserved parts reach the model as zeros, or as its absence "
+          "codes if it has them (partner_absent_embed)",
+          choices=tuple(PARTNER_VIEW)),
     Param("audio_reliability", "reliable", "QoS reliability of the audio subscriptions",
           choices=tuple(qos.RELIABILITY)),
     Param("motion_reliability", "reliable", "QoS reliability of the user motion subscription",
@@ -139,6 +144,7 @@ class TimarAgent(LifecycleNode):
                 seed=None if p["seed"] < 0 else p["seed"],
                 backend=p["backend"],
                 onnx_dir=resolve_path(p["onnx_dir"]) if p["onnx_dir"] else None,
+                partner_motion=PARTNER_VIEW[p["user_motion_source"]],
             )
         except Exception as e:  # bad checkpoint / device / dtype / window: stay unconfigured with the reason
             self.get_logger().error(f"could not load the model from {path}: {type(e).__name__}: {e}")
@@ -173,7 +179,7 @@ class TimarAgent(LifecycleNode):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", qos.diagnostics())
         self._timer = self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.get_logger().info(
-            f"model {path} on {device} ({p['backend']}, {p['dtype']}), window {gen.context_turns} turns, "
+            f"model {path} on {device} ({p['backend']}, {gen.dtype_name}), window {gen.context_turns} turns, "
             f"output delay {p['output_delay']} s"
         )
         return super().on_configure(state)
