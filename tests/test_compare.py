@@ -219,3 +219,35 @@ def test_paper_budget_recipes_resolve(tmp_path):
         kinds[system] = (r.model_type, r.preset, r.model)
     assert kinds["timar"] == ("timar", "large", {}) and kinds["dualtalk"][:2] == ("dualtalk", "paper")
     assert kinds["bi-attn"][2] == {"attention": "bidirectional"} and kinds["mlp-head"][2] == {"head": "mlp"}
+
+
+def test_training_seeds_train_and_pool_each_system_per_seed(compared, tmp_path):
+    """--train-seeds 0,1: a second run per system into RUNS/<recipe>-train1 with the recipe's seed 1 (stage 2
+    from the stage 1 of the same seed); the cells pool both training seeds."""
+    import yaml
+
+    from timar_model.eval.compare import RECIPES, Row, rows_for
+    from timar_model.train.recipe import load_recipe
+
+    corpus, out, _ = compared
+    plan = Plan(corpus, out, tmp_path / "runs", "tiny", [])
+    r = load_recipe(RECIPES / "timar-small.yaml", recipe_overrides(plan, "timar-small", 1))
+    assert r.seed == 1 and r.init_from == str(tmp_path / "runs" / "timar-small-stage1-train1" / "final")
+    r0 = load_recipe(RECIPES / "timar-small.yaml", recipe_overrides(plan, "timar-small"))
+    assert r0.seed == 0 and r0.init_from == str(tmp_path / "runs" / "timar-small-stage1" / "final")
+    assert [row.folder for row in rows_for("mlp-head", [0], [0, 1])] == ["mlp-head-seed0", "mlp-head-seed0-train1"]
+    assert rows_for("mean", [0, 1], [0, 1]) == [Row("mean", "reference")]  # nothing trained: once
+
+    runs = tmp_path / "runs"
+    argv = ["compare", "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--runs", str(runs), "--budget",
+            "tiny", "--systems", "mlp-head", "--history", "0", "--seeds", "0", "--train-seeds", "0,1", "--splits",
+            "test", "--limit", "1"]
+    assert cli.main(argv) == 0
+    seeds = {d.name: yaml.safe_load((d / "final" / "recipe.yaml").read_text())["seed"] for d in runs.iterdir()}
+    assert seeds == {"timar-small-stage1": 0, "timar-small-stage1-train1": 1}
+    doc = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert doc["stats"]["test"]["mlp-head"]["0"]["fid_exp"][2] == 2  # both training runs in one cell
+    a, b = (np.load(next((tmp_path / "out" / "eval" / f / "test" / "n0").glob("*.npy")))
+            for f in ("mlp-head-seed0", "mlp-head-seed0-train1"))
+    assert not np.array_equal(a, b)  # two different models
+    assert "training seeds 0, 1" in (tmp_path / "out" / "comparison.md").read_text()

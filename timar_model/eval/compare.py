@@ -3,8 +3,8 @@ write the paper-layout table with a short text of which of the paper's claims ho
 
     timar compare --corpus data/synth-v2 --out outputs/compare/v2 [--budget small|paper|tiny] \
         [--systems timar,timar-pmd,mlp-head,bi-attn,enc-dec,dualtalk] [--history 0,1,3,7] \
-        [--seeds 0,1,2] [--splits test,ood] [--limit N] [--runs DIR] [--set key=value ...] [--torchrun N] \
-        [--skip-train | --table-only]
+        [--seeds 0,1,2] [--train-seeds 0,1,2] [--splits test,ood] [--limit N] [--runs DIR] [--set key=value ...] \
+        [--torchrun N] [--skip-train | --table-only]
 
 Systems (recipes in config/train/compare/, trained in this order; a stage-2 recipe starts from its stage 1;
 budget paper: one paper-<system>.yaml each, TIMAR-large and DualTalk at the published sizes):
@@ -23,10 +23,15 @@ of batch 8 for the two-stage systems, DualTalk 1000; README "Reproducing the pap
 times), `paper` = the paper's schedule (batch 32, blr 1e-4 with MAR's scaling, 400 epochs with 100 warm-up
 epochs, EMA 0.9999, bf16, GPU; with --torchrun 8 on 8 GPUs), `tiny` = a few steps of tiny models, for tests.
 Training runs go to RUNS/<recipe name>/ (default OUT/runs; a finished one is reused, an interrupted one
-resumed). Evaluation: streaming (`timar eval`) on every split at every n and every sampling seed of the
-diffusion systems; timar and timar-pmd also with the partner's head pose only and with no partner motion
-(`--partner-motion`, first seed). Outputs: OUT/eval/<system>[-<variant>]-seed<S>/<split>/ as `timar eval`
-writes them, OUT/comparison.md (tables in the paper's scaling + the claims text) and OUT/comparison.json.
+resumed); with --train-seeds, every system is trained once per training seed (the recipe's `seed`; seed S > 0
+into RUNS/<recipe name>-train<S>/, its stage 2 starting from the stage 1 of the same seed), and each cell of
+the table is the mean ± std over training x sampling seeds: one training run per system measures the
+training seed's luck as well (the jaw of TIMAR-small: README "Reproducing the paper's comparisons").
+Evaluation: streaming (`timar eval`) on every split at every n and every sampling seed of the diffusion
+systems; timar and timar-pmd also with the partner's head pose only and with no partner motion
+(`--partner-motion`, first seed). Outputs: OUT/eval/<system>[-<variant>]-seed<S>[-train<T>]/<split>/ as
+`timar eval` writes them, OUT/comparison.md (tables in the paper's scaling + the claims text) and
+OUT/comparison.json.
 """
 
 from __future__ import annotations
@@ -108,8 +113,13 @@ def systems_of(budget: str) -> dict[str, tuple[str, ...]]:
     return PAPER_SYSTEMS if budget == "paper" else SYSTEMS
 
 
-def recipe_overrides(plan: Plan, recipe_name: str) -> list[str]:
-    """key=value overrides of one recipe under the plan: data, init_from, budget, --set."""
+def run_name(recipe_name: str, train_seed: int = 0) -> str:
+    """The RUNS/ folder of a recipe trained with `train_seed` (0, the recipes' own seed: no suffix)."""
+    return recipe_name if train_seed == 0 else f"{recipe_name}-train{train_seed}"
+
+
+def recipe_overrides(plan: Plan, recipe_name: str, train_seed: int = 0) -> list[str]:
+    """key=value overrides of one recipe under the plan: data, init_from, training seed, budget, --set."""
     from timar_model.train.recipe import load_recipe
 
     base = load_recipe(RECIPES / f"{recipe_name}.yaml")
@@ -118,23 +128,28 @@ def recipe_overrides(plan: Plan, recipe_name: str) -> list[str]:
         over.append(f"cache_dir={plan.corpus / 'cache'}")
     if base.init_from:
         src = Path(base.init_from)  # runs/compare/<stage-1 recipe>/final
-        over.append(f"init_from={plan.runs / (src.parent.name if src.name == 'final' else src.name) / 'final'}")
+        stage1 = src.parent.name if src.name == "final" else src.name
+        over.append(f"init_from={plan.runs / run_name(stage1, train_seed) / 'final'}")
+    if train_seed:
+        over.append(f"seed={train_seed}")
     return [*over, *BUDGETS[plan.budget][base.model_type], *plan.overrides]
 
 
-def train_recipe(plan: Plan, recipe_name: str) -> Path:
-    """Train one recipe into RUNS/<name> (skip when its final/ exists, resume when a checkpoint does)."""
+def train_recipe(plan: Plan, recipe_name: str, train_seed: int = 0) -> Path:
+    """Train one recipe into RUNS/<name>[-train<S>] (skip when its final/ exists, resume when a checkpoint
+    does)."""
     from timar_model.train.loop import CHECKPOINT_NAME, train
     from timar_model.train.recipe import load_recipe
 
-    run = plan.runs / recipe_name
+    folder = run_name(recipe_name, train_seed)
+    run = plan.runs / folder
     final = run / "final"
     if (final / "config.json").is_file():
-        print(f"compare: {recipe_name}: reusing {final}")
+        print(f"compare: {folder}: reusing {final}")
         return final
-    over = recipe_overrides(plan, recipe_name)
+    over = recipe_overrides(plan, recipe_name, train_seed)
     resume = (run / CHECKPOINT_NAME).is_file()
-    print(f"compare: training {recipe_name} -> {run}{' (resuming)' if resume else ''}")
+    print(f"compare: training {folder} -> {run}{' (resuming)' if resume else ''}")
     if plan.torchrun:
         cmd = ["torchrun", f"--nproc_per_node={plan.torchrun}", "-m", "timar_model.cli", "train", "--config",
                str(RECIPES / f"{recipe_name}.yaml"), "--out", str(run), "--no-progress",
@@ -143,7 +158,7 @@ def train_recipe(plan: Plan, recipe_name: str) -> Path:
     else:
         train(load_recipe(RECIPES / f"{recipe_name}.yaml", over), run, resume=resume, progress=False)
     if not (final / "config.json").is_file():
-        raise RuntimeError(f"compare: training {recipe_name} ended without {final}")
+        raise RuntimeError(f"compare: training {folder} ended without {final}")
     return final
 
 
@@ -152,33 +167,43 @@ def train_recipe(plan: Plan, recipe_name: str) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One evaluated configuration: a system, its inference / partner view, the sampling seed."""
+    """One evaluated configuration: a system, its inference / partner view, the sampling seed, the training
+    seed of its model."""
 
     system: str
     variant: str = ""  # "", "offline", "sliding window", "partner pose", "partner none", "reference"
     seed: int = 0
+    train_seed: int = 0
 
     @property
     def folder(self) -> str:
         v = self.variant.replace(" ", "-")
-        return f"{self.system}{'-' + v if v else ''}-seed{self.seed}"
+        trained = f"-train{self.train_seed}" if self.train_seed else ""
+        return f"{self.system}{'-' + v if v else ''}-seed{self.seed}{trained}"
+
+    @property
+    def seeds_text(self) -> str:
+        return f"seed {self.seed}" + (f" (training seed {self.train_seed})" if self.train_seed else "")
 
     @property
     def name(self) -> str:
         return f"{self.system}{f' ({self.variant})' if self.variant else ''}"
 
 
-def rows_for(system: str, seeds: list[int]) -> list[Row]:
-    if system == "dualtalk":
-        return [Row(system, "offline"), Row(system, "sliding window")]
+def rows_for(system: str, seeds: list[int], train_seeds: tuple[int, ...] | list[int] = (0,)) -> list[Row]:
     if system in REFERENCE_SYSTEMS:
         return [Row(system, "reference")]
-    if system in DIFFUSION_SYSTEMS:
-        rows = [Row(system, "", s) for s in seeds]
-        if system in PARTNER_SYSTEMS:
-            rows += [Row(system, f"partner {v}", seeds[0]) for v in PARTNER_VIEWS]
-        return rows
-    return [Row(system)]
+    rows = []
+    for t in train_seeds:
+        if system == "dualtalk":
+            rows += [Row(system, "offline", 0, t), Row(system, "sliding window", 0, t)]
+        elif system in DIFFUSION_SYSTEMS:
+            rows += [Row(system, "", s, t) for s in seeds]
+            if system in PARTNER_SYSTEMS:
+                rows += [Row(system, f"partner {v}", seeds[0], t) for v in PARTNER_VIEWS]
+        else:
+            rows.append(Row(system, train_seed=t))
+    return rows
 
 
 def history_free(name: str) -> bool:
@@ -334,8 +359,10 @@ def _pct(a: float, b: float) -> float:
     return 100.0 * (a - b) / b if b else float("nan")
 
 
-def claims(stats: dict, history: list[int], paired: dict | None = None) -> list[str]:
-    """Which of the paper's claims hold here, with numbers. paired: paired_gains() of the main system."""
+def claims(stats: dict, history: list[int], paired: dict | None = None, seed_kind: str = "sampling seeds"
+           ) -> list[str]:
+    """Which of the paper's claims hold here, with numbers. paired: paired_gains() of the main system;
+    seed_kind: what the evaluations of one cell vary in."""
     out = []
     top, low = max(history), min(history)
     split = "test" if "test" in stats else next(iter(stats))
@@ -354,7 +381,7 @@ def claims(stats: dict, history: list[int], paired: dict | None = None) -> list[
                      else "")
         rows.append(f"{label(key)} {lo[0]:.3f} -> {hi[0]:.3f} ({_pct(hi[0], lo[0]):+.1f} %, seed std "
                     f"{spread:.3f}{same_seed}: {verdict})")
-        seeds_note = f" over {hi[2]} sampling seeds" if hi[2] > 1 else " (one seed)"
+        seeds_note = f" over {hi[2]} {seed_kind}" if hi[2] > 1 else " (one seed)"
     if rows:
         good = sum(r.endswith("yes)") for r in rows)
         out.append(f"- **History helps** (TIMAR, {split}, n = {top} vs n = {low}{seeds_note}; 'yes' = better "
@@ -435,6 +462,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of " + ", ".join(SYSTEMS))
     parser.add_argument("--history", default="0,1,3,7", help=evaluate.HISTORY_HELP + " (comma list)")
     parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of the diffusion systems")
+    parser.add_argument("--train-seeds", default="0",
+                        help="training seeds: every system is trained once per seed (0 = the recipes' own)")
     parser.add_argument("--splits", default="test,ood")
     parser.add_argument("--limit", type=int, help="only the first N clips of each split")
     parser.add_argument("--runs", type=Path, help="training runs folder (default OUT/runs)")
@@ -456,6 +485,9 @@ def run(args: argparse.Namespace) -> int:
     recipes = systems_of(args.budget)
     history = evaluate.parse_history(args.history)
     seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
+    train_seeds = sorted({int(s) for s in args.train_seeds.split(",") if s.strip()})
+    if not seeds or not train_seeds or min(train_seeds) < 0:
+        raise ValueError("--seeds and --train-seeds: comma lists of seeds (training seeds >= 0)")
     splits = [s for s in args.splits.split(",") if s]
     for s in ("train", *splits):
         if not (args.corpus / s).is_dir():
@@ -464,44 +496,49 @@ def run(args: argparse.Namespace) -> int:
                 args.torchrun)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    models: dict[str, Path | None] = {}
+    models: dict[tuple[str, int], Path | None] = {}
     for system in systems:
-        if args.table_only or not recipes[system]:  # nothing to train (a reference) or to load
-            models[system] = None
-            continue
-        final = plan.runs / recipes[system][-1] / "final"
-        if args.skip_train:
-            if not (final / "config.json").is_file():
-                raise FileNotFoundError(f"--skip-train: {system} has no trained model at {final}")
-        else:
-            for recipe in recipes[system]:
-                final = train_recipe(plan, recipe)
-        models[system] = final
+        for t in train_seeds:
+            if args.table_only or not recipes[system]:  # nothing to train (a reference) or to load
+                models[system, t] = None
+                continue
+            final = plan.runs / run_name(recipes[system][-1], t) / "final"
+            if args.skip_train:
+                if not (final / "config.json").is_file():
+                    raise FileNotFoundError(f"--skip-train: {system} has no trained model at {final}")
+            else:
+                for recipe in recipes[system]:
+                    final = train_recipe(plan, recipe, t)
+            models[system, t] = final
     t_train = time.time() - t0
     docs, missing = {}, []
     for system in systems:
-        for row in rows_for(system, seeds):
+        for row in rows_for(system, seeds, train_seeds):
             for split in splits:
                 if args.table_only:
                     doc = existing_evaluation(row, split, plan, history, args.limit)
                     if doc is None:
-                        missing.append(f"{row.name} seed {row.seed} on {split}")
+                        missing.append(f"{row.name} {row.seeds_text} on {split}")
                     else:
                         docs[row, split] = doc
                     continue
-                print(f"compare: evaluating {row.name} seed {row.seed} on {split}")
-                docs[row, split] = evaluate_row(row, models[system], split, plan, history, args.limit, args.device)
+                print(f"compare: evaluating {row.name} {row.seeds_text} on {split}")
+                docs[row, split] = evaluate_row(row, models[system, row.train_seed], split, plan, history,
+                                                args.limit, args.device)
     if args.table_only and not docs:
         raise FileNotFoundError(f"--table-only: no evaluations under {plan.out / 'eval'} for these systems")
     stats = collect(docs)
+    seed_kind = "sampling seeds" if len(train_seeds) == 1 else "training x sampling seeds"
     text = claims(stats, history, paired_gains(docs, "test" if "test" in splits else splits[0], MAIN,
-                                               min(history), max(history)))
+                                               min(history), max(history)), seed_kind)
     sizes = ("TIMAR-large, DualTalk at its published sizes" if args.budget == "paper" else
              "TIMAR-small (two stages: MLP head, then the diffusion head on the frozen backbone), DualTalk at a "
              "comparable parameter count")
     header = (f"# Comparison on {args.corpus} (`timar compare`, budget {args.budget}: {sizes})\n\n"
               f"Systems: {', '.join(systems)}; history n = {', '.join(map(str, history))}; sampling seeds "
-              f"{', '.join(map(str, seeds))} (diffusion systems: mean ± std over seeds); splits {', '.join(splits)}"
+              f"{', '.join(map(str, seeds))} (diffusion systems: mean ± std over seeds)"
+              + (f"; training seeds {', '.join(map(str, train_seeds))} (every cell: mean ± std over training x "
+                 "sampling seeds)" if len(train_seeds) > 1 else "") + f"; splits {', '.join(splits)}"
               f"{f', first {args.limit} clips' if args.limit else ''}. Streaming evaluation with "
               f"`mask_history_agent` (timar eval); DualTalk offline = the whole clip at once (as published; the "
               f"same at every n), DualTalk sliding window = turn k from turns [k - n, k] (a streaming use, not the "
