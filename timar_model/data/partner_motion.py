@@ -1,8 +1,8 @@
 """What a model is given of the partner's (user's) motion: the whole face, the head pose only, or nothing.
 
   full  the partner's 56 numbers as tracked (a face tracker)
-  pose  head rotation only, neutral face: expression and jaw are 0 (a head-pose tracker, `user/head_pose`)
-  none  all zeros (no tracker)
+  pose  head rotation only, expression and jaw unobserved (a head-pose tracker, `user/head_pose`)
+  none  nothing observed (no tracker)
 
 `timar eval --partner-motion MODE` feeds the model this view of the partner (the metrics still compare with
 the real partner, e.g. P-FD); the recipe key `partner_motion_dropout` trains with it: each training window

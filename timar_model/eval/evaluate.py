@@ -281,8 +281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DualTalk baseline only: a streaming use (turn k from turns [k - n, k]) instead of "
                              "its published offline whole-clip inference (the same prediction at every n)")
     parser.add_argument("--partner-motion", choices=PARTNER_MOTION_MODES, default="full",
-                        help="partner motion the model is given: full (face tracker), pose (head rotation only, "
-                             "neutral face) or none (zeros); the metrics use the real partner")
+                        help="partner motion the model is given: full (face tracker), pose (head rotation only) "
+                             "or none; unobserved parts are zeros, or the model's absence codes "
+                             "(partner_absent_embed); the metrics use the real partner")
 
 
 def load_split(data_dir: Path, limit: int | None) -> list:
