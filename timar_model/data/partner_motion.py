@@ -76,10 +76,10 @@ class PartnerMotionSample:
     """A ConversationSample whose `user_motion` is seen through `mode`; everything else is the sample's own
     (evaluation wraps the model's input only: the metrics use the real partner)."""
 
-    def __init__(self, sample, mode: str, fill: float = 0.0):
+    def __init__(self, sample, mode: str):
         if mode not in PARTNER_MOTION_MODES:
             raise ValueError(f"partner motion {mode!r}: choose one of {', '.join(PARTNER_MOTION_MODES)}")
-        self._sample, self._mode, self._fill = sample, mode, fill
+        self._sample, self._mode = sample, mode
 
     def __getattr__(self, name: str):
         return getattr(self._sample, name)
@@ -88,4 +88,4 @@ class PartnerMotionSample:
     def user_motion(self):
         import numpy as np
 
-        return partner_motion_view(np.asarray(self._sample.user_motion), self._mode, self._fill)
+        return partner_motion_view(np.asarray(self._sample.user_motion), self._mode)

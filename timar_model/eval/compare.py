@@ -47,7 +47,6 @@ from pathlib import Path
 
 import numpy as np
 
-from timar_model.data.partner_motion import absent_fill
 from timar_model.eval import evaluate
 from timar_model.eval import metrics as M
 
@@ -227,15 +226,10 @@ def predictors_for(row: Row, model_dir: Path | None, history: list[int], device:
 
         inference = "offline" if row.variant == "offline" else "sliding"
         return {n: dualtalk_predictor(model, inference, n) for n in history}
-    out = {}
-    for n in history:
-        gen = StreamingGenerator(model, device=device, context_turns=n + 1, seed=row.seed)
-        out[n] = evaluate.generator_predictor(gen)
-    if row.variant.startswith("partner "):
-        view = row.variant.split(" ", 1)[1]
-        fill = absent_fill(model.config)
-        out = {n: evaluate.partner_predictor(p, view, fill) for n, p in out.items()}
-    return out
+    view = row.variant.split(" ", 1)[1] if row.variant.startswith("partner ") else "full"
+    return {n: evaluate.generator_predictor(StreamingGenerator(model, device=device, context_turns=n + 1,
+                                                               seed=row.seed, partner_motion=view))
+            for n in history}
 
 
 def evaluate_row(row: Row, model_dir: Path | None, split: str, plan: Plan, history: list[int], limit: int | None,

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from timar_model.data.dualtalk import dualtalk_from_motion56
-from timar_model.data.partner_motion import PARTNER_MOTION_MODES, PartnerMotionSample, absent_fill
+from timar_model.data.partner_motion import PARTNER_MOTION_MODES, PartnerMotionSample
 from timar_model.eval import metrics as M
 from timar_model.eval.baselines import BASELINES, Baseline, make_baseline
 from timar_model.motion import FRAMES_PER_TURN, MOTION_DIM, SAMPLES_PER_TURN
@@ -134,13 +134,12 @@ def generator_predictor(gen) -> Predictor:
     return lambda sample, turns: stream_sample(gen, sample, turns)
 
 
-def partner_predictor(predict: Predictor, mode: str, fill: float = 0.0) -> Predictor:
+def partner_predictor(predict: Predictor, mode: str) -> Predictor:
     """`predict` given the partner's motion seen through `mode` (full | pose | none; see
-    timar_model.data.partner_motion), unobserved parts set to `fill` (the model's `absent_fill`); the metrics
-    still use the real partner."""
-    if mode == "full":
-        return predict
-    return lambda sample, turns: predict(PartnerMotionSample(sample, mode, fill), turns)
+    timar_model.data.partner_motion), unobserved parts as zeros (what DualTalk and the baselines know; TIMAR
+    streams through StreamingGenerator(partner_motion=mode), which fills them as its model expects); the
+    metrics still use the real partner."""
+    return predict if mode == "full" else (lambda sample, turns: predict(PartnerMotionSample(sample, mode), turns))
 
 
 def baseline_predictor(baseline: Baseline) -> Predictor:
@@ -313,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
             "partner_motion": args.partner_motion}
 
     predictors: dict[int, Predictor] = {}
+    view = args.partner_motion  # applied here for the baselines and DualTalk, by the generator for TIMAR
     if args.baseline:
         baseline = make_baseline(args.baseline, args.train_data)
         predictors = {n: baseline_predictor(baseline) for n in history}
@@ -354,17 +354,18 @@ def run(args: argparse.Namespace) -> int:
                     backend=args.backend,
                     onnx_dir=onnx_dir,
                     head_smoothing=args.head_smoothing,
+                    partner_motion=view,
                 )
                 predictors[n] = generator_predictor(gen)
+            view = "full"
             meta.update(checkpoint=str(args.checkpoint), seed=args.seed, device=args.device, dtype=args.dtype,
                         backend=args.backend,
                         temperature=gen.temperature, noise_correlation=gen.noise_correlation,
                         head_smoothing=gen.head_smoothing)  # the sampling used
 
-    fill = absent_fill(model.config) if args.checkpoint else 0.0
     results = []
     for n in history:
-        predict = partner_predictor(predictors[n], args.partner_motion, fill)
+        predict = partner_predictor(predictors[n], view)
         results.append(evaluate_predictor(predict, samples, out / f"n{n}", n, args.max_seconds, progress=True))
     write_results(out, results, meta)
     print(M.format_table({f"{name} n={r.history}": r.mean for r in results}))

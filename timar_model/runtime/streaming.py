@@ -47,6 +47,7 @@ from timar_model.model.vit import cast_linears
 from timar_model.motion import HEAD_ROT
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}
+BACKENDS = ("torch", "onnxruntime")
 
 
 def native_bf16(device: str | torch.device, cpu_flags: set[str] | None = None) -> bool:
@@ -74,7 +75,6 @@ def resolve_dtype(dtype: str, device: str | torch.device, backend: str = "torch"
     if dtype != "auto":
         return dtype
     return "bfloat16" if backend == "torch" and native_bf16(device) else "float32"
-BACKENDS = ("torch", "onnxruntime")
 
 
 def low_precision_backbone(model: TIMAR, dtype: torch.dtype) -> TIMAR:
