@@ -147,8 +147,9 @@ def test_streamed_motion_matches_the_torch_backend(rho, head):
     np.testing.assert_allclose(b.step(*data[0]), out_b[0], atol=1e-6)  # reset restarts the noise as well
 
 
-def test_logmel_dft_equals_stft():
-    model = small_model()
+@pytest.mark.parametrize("out_norm", [False, True])
+def test_logmel_dft_equals_stft(out_norm):
+    model = small_model(logmel_out_norm=out_norm)
     enc = model.speech_encoder
     g = torch.Generator().manual_seed(0)
     for scale in (1.0, 1e-3):

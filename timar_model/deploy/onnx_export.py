@@ -95,10 +95,7 @@ class LogMelDFT(nn.Module):
         return torch.log(torch.matmul(self.enc.fbank, re * re + im * im) + 1e-6)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        e = self.enc
-        m = self.log_mel(audio) * e.in_scale[:, None] + e.in_shift[:, None]
-        m = F.interpolate(m, size=4 * e.frames, mode="linear", align_corners=True)
-        return e.out(e.convs(m).transpose(1, 2))  # (B, F, out_dim)
+        return self.enc.features(self.log_mel(audio))  # (B, F, out_dim)
 
 
 class TurnGraph(nn.Module):

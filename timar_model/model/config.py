@@ -123,6 +123,10 @@ class TimarConfig:
     speech_encoder_config: dict[str, Any] | None = None  # transformers config dict (wav2vec2 / hubert)
     logmel_n_mels: int = 80
     logmel_channels: int = 256
+    # a LayerNorm on the log-mel front-end's output features (speech.LogMelSpeechEncoder): speech tokens then
+    # enter the backbone at the scale of the position codes instead of far below them (an experiment on the
+    # jaw, docs/synthetic-corpus.md "What TIMAR-small learns of v2"; off in the presets and the shipped model)
+    logmel_out_norm: bool = False
     audio_norm: str = "turn"  # causal substitute for the published whole-file normalisation ("none": as is)
     # --- motion normalisation (not in the published runs, which model raw values: None there) ---
     # Per-dimension statistics of the training motion (56 each). When set, motion inputs and diffusion /

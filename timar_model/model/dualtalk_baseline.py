@@ -62,6 +62,7 @@ class DualTalkConfig:
     speech_dim: int = 256
     logmel_n_mels: int = 80
     logmel_channels: int = 256
+    logmel_out_norm: bool = False  # TimarConfig.logmel_out_norm (frame-aligned fusion here: no position codes to swamp)
     audio_norm: str = "none"
     # --- model ---
     feat_dim: int = 256  # per-speaker audio feature and partner-motion feature

@@ -178,6 +178,7 @@ class LogMelSpeechEncoder(nn.Module):
         channels: int = 256,
         n_fft: int = 400,
         hop: int = 160,
+        out_norm: bool = False,
     ):
         super().__init__()
         self.frames, self.n_fft, self.hop = frames, n_fft, hop
@@ -199,6 +200,10 @@ class LogMelSpeechEncoder(nn.Module):
             nn.GELU(),
         )
         self.out = nn.Linear(channels, out_dim)
+        # out_norm: a LayerNorm on the output features (as wav2vec2's last layer ends), so that the speech
+        # tokens enter TIMAR at the scale of its position codes. Without it they start far below them and
+        # training grows them far above (measured in docs/synthetic-corpus.md, "What TIMAR-small learns of v2").
+        self.out_norm = nn.LayerNorm(out_dim) if out_norm else nn.Identity()
 
     def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
         # (B, S) -> (B, n_mels, S // hop + 1)
@@ -210,12 +215,15 @@ class LogMelSpeechEncoder(nn.Module):
         )  # (B, n_fft/2+1, T)
         return torch.log(torch.matmul(self.fbank, spec) + 1e-6)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        m = self.log_mel(audio)  # (B, M, T)
-        m = m * self.in_scale[:, None] + self.in_shift[:, None]
+    def features(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """(B, n_mels, T) log power -> (B, F, out_dim): everything after the spectrogram."""
+        m = log_mel * self.in_scale[:, None] + self.in_shift[:, None]
         m = F.interpolate(m, size=4 * self.frames, mode="linear", align_corners=True)  # (B, M, 4F)
         h = self.convs(m)  # (B, C, F)
-        return self.out(h.transpose(1, 2))  # (B, F, out_dim)
+        return self.out_norm(self.out(h.transpose(1, 2)))  # (B, F, out_dim)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.features(self.log_mel(audio))
 
 
 def build_speech_encoder(config) -> nn.Module:
@@ -227,6 +235,7 @@ def build_speech_encoder(config) -> nn.Module:
             config.sample_rate,
             config.logmel_n_mels,
             config.logmel_channels,
+            out_norm=config.logmel_out_norm,
         )
     model = build_transformers_speech_model(config.speech_encoder, config.speech_encoder_config)
     hidden = model.config.hidden_size
