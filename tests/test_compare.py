@@ -4,6 +4,7 @@ the training option that drops them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,18 @@ from test_evaluate import write_tiny_corpus
 
 from timar_model import cli
 from timar_model.data.partner_motion import apply_dropout, check_dropout, partner_motion_view
-from timar_model.eval.compare import PAPER_SYSTEMS, REFERENCE_SYSTEMS, SYSTEMS, Plan, claims, recipe_overrides
+from timar_model.eval.compare import (
+    CPU_ONLY_SYSTEMS,
+    PAPER_SYSTEMS,
+    RECIPES,
+    REFERENCE_SYSTEMS,
+    SYSTEMS,
+    Plan,
+    claims,
+    recipe_overrides,
+)
 from timar_model.motion import HEAD_ROT
+from timar_model.train.recipe import load_recipe
 
 
 def test_partner_motion_views():
@@ -83,11 +94,15 @@ def test_compare_trains_evaluates_and_writes_the_table(compared):
     assert stage2["head"] == "diffusion" and stage2["width"] == 32  # the tiny budget
     assert json.loads((out / "runs" / "enc-dec" / "final" / "config.json").read_text())["backbone"] == "encoder_decoder"
     assert json.loads((out / "runs" / "bi-attn" / "final" / "config.json").read_text())["attention"] == "bidirectional"
+    # the short-window warm-up: stage 0 trained on windows of 2 turns, and each later stage starts from the one before
+    warm = [load_recipe(RECIPES / f"{r}.yaml") for r in SYSTEMS["timar-sw"]]
+    assert warm[0].window_turns == 2 and warm[1].window_turns is None
+    assert [Path(r.init_from).parent.name for r in warm[1:]] == list(SYSTEMS["timar-sw"][:2])
     md = (out / "comparison.md").read_text()
     for text in ("**test**", "**ood**", "dualtalk (offline)", "dualtalk (sliding window)", "timar (partner pose)",
                  "timar (partner none)", "timar-pmd (partner none)", "mlp-head", "bi-attn", "enc-dec", "FD-exp x1",
                  "rPCC-pose x10", "head speed / GT", "History helps", "TIMAR beats DualTalk", "Partner motion",
-                 "What partner-motion dropout costs", "budget tiny"):
+                 "What partner-motion dropout costs", "budget tiny", "timar-sw"):
         assert text in md, text
     doc = json.loads((out / "comparison.json").read_text())
     fd = doc["stats"]["test"]["timar"]["1"]["fid_exp"]
@@ -200,12 +215,16 @@ def test_paired_gains_pair_the_seeds():
     assert count == 3 and mean == pytest.approx(1.0) and std == pytest.approx(0.2)
 
 
-def test_paper_budget_recipes_resolve(tmp_path):
+def test_paper_budget_recipes_resolve(tmp_path, capsys):
     """Every system has a paper recipe (one stage, published sizes), pointed at the corpus by compare."""
     from timar_model.eval.compare import RECIPES
     from timar_model.train.recipe import load_recipe
 
-    assert set(PAPER_SYSTEMS) == set(SYSTEMS)
+    assert set(PAPER_SYSTEMS) == set(SYSTEMS) - set(CPU_ONLY_SYSTEMS)
+    argv = ["compare", "--corpus", str(tmp_path), "--out", str(tmp_path / "o"), "--budget", "paper",
+            "--systems", "timar,timar-sw"]
+    assert cli.main(argv) == 2
+    assert "['timar-sw'] not in budget paper" in capsys.readouterr().err
     plan = Plan(tmp_path / "dualtalk", tmp_path / "out", tmp_path / "runs", "paper", [])
     kinds = {}
     for system, recipes in PAPER_SYSTEMS.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from timar_model.model.config import get_preset
@@ -44,3 +45,37 @@ def test_presets_choose_their_init():
     assert get_preset("large").pos_embed_init == "random"  # the release's N(0, 0.02)
     tiny = TIMAR(get_preset("reference-tiny"))
     assert tiny.encoder_pos_embed_learned.std() < 0.03
+
+
+def test_time_code_tells_turns_apart_and_decays_with_distance():
+    F, W, n = 25, 64, 4
+    frame_pe = frame_sincos_pos_embed(n, F, W)
+    pe = frame_sincos_pos_embed(n, F, W, absolute_time=True)  # (4 * 110, 64)
+    types = turn_token_types(F).repeat(n)
+    # only the time channels change: turn and kind codes are those of frame_sincos
+    assert torch.equal(pe[:, W // 2 :], frame_pe[:, W // 2 :])
+    time_code = pe[:, : W // 2]
+    speech = (types == AGENT_SPEECH).nonzero().squeeze(1)  # (n * F,) in time order
+    motion = (types == AGENT_MOTION).nonzero().squeeze(1)
+    user = (types == USER_SPEECH).nonzero().squeeze(1)
+    # the streams of one moment share the time code
+    assert torch.allclose(time_code[motion], time_code[speech])
+    assert torch.allclose(time_code[motion], time_code[user])
+    # the same frame of two turns no longer does (it does under frame_sincos)
+    assert not torch.allclose(time_code[motion[3 * F + 5]], time_code[speech[5]], atol=1e-3)
+    assert torch.allclose(frame_pe[motion[3 * F + 5], : W // 2], frame_pe[speech[5], : W // 2])
+    # a query at time t is most similar to the key at t, and less so the further the key is in time
+    q = time_code[motion[2 * F + 10]]
+    sim = time_code[speech] @ q  # (n * F,)
+    assert int(sim.argmax()) == 2 * F + 10
+    assert sim[2 * F + 10] > sim[2 * F + 11] > sim[2 * F + 13]
+    assert sim[2 * F + 10] > sim[(2 * F + 10) - F] + 1.0  # the same frame one turn earlier
+
+
+def test_time_sincos_is_a_valid_choice_and_sets_the_table():
+    torch.manual_seed(0)
+    m = TIMAR(get_preset("small", depth=1, context_turns=2, pos_embed_init="time_sincos"))
+    expected = frame_sincos_pos_embed(2, 25, m.config.width, absolute_time=True)
+    assert torch.equal(m.encoder_pos_embed_learned[0], expected)
+    with pytest.raises(ValueError, match="time_sincos"):
+        get_preset("small", pos_embed_init="sincos")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from test_evaluate import write_tiny_corpus
 
 from timar_model import cli
+from timar_model.data.dualtalk import DualTalkWindows
 from timar_model.model.checkpoint import load_pretrained
 from timar_model.model.config import get_preset
 from timar_model.model.timar import TIMAR
@@ -319,3 +320,19 @@ def test_cpu_bf16_autocast_trains(data, tmp_path):
     a = train(tiny_recipe(data, precision="bf16", max_steps=2, val_data=None), tmp_path / "a", progress=False)
     b = train(tiny_recipe(data, precision="fp32", max_steps=2, val_data=None), tmp_path / "b", progress=False)
     assert a.losses == b.losses and a.losses != res.losses
+
+
+def test_window_turns_trains_on_shorter_windows(data, tmp_path):
+    # 2 s windows: 6 of them, 3 steps of batch 2 per epoch; 1 s windows: more, so 3 steps are less of an epoch
+    short = len(DualTalkWindows(data / "train", window_turns=1, audio_norm="none"))
+    assert short > 6
+    train(tiny_recipe(data, max_steps=3, val_every=100, window_turns=1), tmp_path / "short")
+    rows = read_csv(tmp_path / "short" / "train_log.csv")
+    assert float(rows[-1]["epoch"]) == pytest.approx(3 / (short // 2))
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    train(tiny_recipe(data, max_steps=3, val_every=100), tmp_path / "full")
+    assert float(read_csv(tmp_path / "full" / "train_log.csv")[-1]["epoch"]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="longer than the model's context_turns 2"):
+        train(tiny_recipe(data, window_turns=3), tmp_path / "long")
+    with pytest.raises(ValueError, match="window_turns must be >= 1"):
+        tiny_recipe(data, window_turns=0)

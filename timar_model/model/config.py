@@ -51,7 +51,7 @@ _CHOICES = {
     "speech_encoder": ("wav2vec2", "hubert", "logmel"),
     "audio_norm": ("file", "turn", "running", "none"),
     "noise_schedule": ("cosine", "linear"),
-    "pos_embed_init": ("random", "frame_sincos"),
+    "pos_embed_init": ("random", "frame_sincos", "time_sincos"),
 }
 
 
@@ -82,7 +82,9 @@ class TimarConfig:
     # init of the learned position embedding: "random" (N(0, 0.02), the release) or "frame_sincos": sin/cos
     # codes of the frame index inside the turn, of the turn index and of the token's stream, so that the
     # tokens of one frame (user speech, user motion, agent speech, agent motion) start out similar and the
-    # masked agent-motion tokens can find their frame's speech early in training (still learned afterwards)
+    # masked agent-motion tokens can find their frame's speech early in training (still learned afterwards);
+    # "time_sincos": the same with the frame's time in the window instead of its index inside the turn, so
+    # the same frame of an earlier turn no longer shares the code (docs/synthetic-corpus.md, lock-on)
     pos_embed_init: str = "random"
     backbone: str = "encoder_only"
     # --- training ---

@@ -202,7 +202,7 @@ class LogMelSpeechEncoder(nn.Module):
         self.out = nn.Linear(channels, out_dim)
         # out_norm: a LayerNorm on the output features (as wav2vec2's last layer ends), so that the speech
         # tokens enter TIMAR at the scale of its position codes. Without it they start far below them and
-        # training grows them far above (measured in docs/synthetic-corpus.md, "What TIMAR-small learns of v2").
+        # training grows them far above (measured in docs/synthetic-corpus.md, "Why the jaw is slow to lock on").
         self.out_norm = nn.LayerNorm(out_dim) if out_norm else nn.Identity()
 
     def log_mel(self, audio: torch.Tensor) -> torch.Tensor:

@@ -68,11 +68,14 @@ def _sincos(positions: torch.Tensor, dim: int, max_period: float) -> torch.Tenso
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
 
 
-def frame_sincos_pos_embed(context_turns: int, frames: int, width: int) -> torch.Tensor:
+def frame_sincos_pos_embed(context_turns: int, frames: int, width: int, absolute_time: bool = False) -> torch.Tensor:
     """(context_turns * (4F + 10), width) structured init of the position table: channels [0, W/2) code the
     frame index inside the turn (shared by the four streams; special tokens sit at the frame they border),
     [W/2, 3W/4) the turn index, [3W/4, W) the token's kind. The START (END) tokens of a turn share one code;
-    their learned rows of sep_tok_emb tell them apart."""
+    their learned rows of sep_tok_emb tell them apart.
+    absolute_time ("time_sincos"): channels [0, W/2) code the frame's time in the window (turn * F + frame;
+    special tokens half a frame before / after their turn) instead of the frame inside the turn, so that the
+    four streams of one moment share a code and the same frame of two turns does not."""
     types = turn_token_types(frames)  # (110,)
     frame = torch.zeros(len(types))
     count = dict.fromkeys(range(5), 0)
@@ -85,11 +88,16 @@ def frame_sincos_pos_embed(context_turns: int, frames: int, width: int) -> torch
             count[kind] += 1
     w_frame, w_turn = width // 2, width // 4
     w_kind = width - w_frame - w_turn
-    per_turn = torch.cat(
-        [_sincos(frame, w_frame, 4.0 * frames), _sincos(types.float(), w_kind, 10.0)], dim=1
-    )  # (110, w_frame + w_kind)
     turns = torch.arange(context_turns).repeat_interleave(len(types))
-    out = torch.cat([per_turn.repeat(context_turns, 1), _sincos(turns.float(), w_turn, 4.0 * context_turns)], 1)
+    if absolute_time:
+        inside = torch.where(frame < 0, -0.5, torch.where(frame >= frames, frames - 0.5, frame))
+        time = _sincos(turns * frames + inside.repeat(context_turns), w_frame, 4.0 * frames * context_turns)
+    else:
+        time = _sincos(frame, w_frame, 4.0 * frames).repeat(context_turns, 1)
+    out = torch.cat(
+        [time, _sincos(types.float(), w_kind, 10.0).repeat(context_turns, 1),
+         _sincos(turns.float(), w_turn, 4.0 * context_turns)], 1
+    )  # (context_turns * 110, W): [time | kind | turn]
     return out[:, [*range(w_frame), *range(w_frame + w_kind, width), *range(w_frame, w_frame + w_kind)]]
 
 
@@ -194,11 +202,11 @@ class TIMAR(nn.Module):
             *([] if self.partner_absent_emb is None else [self.partner_absent_emb]),
         ):
             nn.init.normal_(p, std=0.02)
-        if self.config.pos_embed_init == "frame_sincos" and not self.encoder_pos_embed_learned.is_meta:
+        if self.config.pos_embed_init != "random" and not self.encoder_pos_embed_learned.is_meta:
             c = self.config
             with torch.no_grad():
                 self.encoder_pos_embed_learned[0] = frame_sincos_pos_embed(
-                    c.context_turns, c.frames_per_turn, c.width
+                    c.context_turns, c.frames_per_turn, c.width, absolute_time=c.pos_embed_init == "time_sincos"
                 )
         if self.config.backbone == "encoder_decoder":
             nn.init.normal_(self.decoder_pos_embed_learned, std=0.02)

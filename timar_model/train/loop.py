@@ -249,9 +249,12 @@ def train(
     train_dir = Path(recipe.train_data)
     if not train_dir.is_dir():
         raise FileNotFoundError(f"train_data {train_dir}: not a directory (make one with `timar synth`)")
+    window = recipe.window_turns or config.context_turns
+    if window > config.context_turns:
+        raise ValueError(f"window_turns {window} is longer than the model's context_turns {config.context_turns}")
     dataset = DualTalkWindows(
         train_dir,
-        window_turns=config.context_turns,
+        window_turns=window,
         audio_norm=config.audio_norm,
         cache_dir=recipe.cache_dir,
         stride_turns=recipe.window_stride_turns,

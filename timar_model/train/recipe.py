@@ -35,6 +35,7 @@ class TrainRecipe:
     train_data: str = "data/synth/train"  # DualTalk-layout split
     val_data: str | None = None  # split for periodic validation (None: no validation)
     cache_dir: str | None = None  # data cache (None: no cache)
+    window_turns: int | None = None  # turns per training window (None: the model's context_turns)
     window_stride_turns: int | None = None  # turns between training windows of a clip (None: window length)
     motion_norm: bool = False  # per-dimension motion mean/std from train_data stored in the model config
     batch_size: int = 16  # per process
@@ -93,6 +94,9 @@ class TrainRecipe:
             raise bad("give exactly one of epochs or max_steps")
         if self.batch_size < 1:
             raise bad(f"batch_size must be >= 1, got {self.batch_size}")
+        for k in ("window_turns", "window_stride_turns"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise bad(f"{k} must be >= 1 (or unset), got {getattr(self, k)}")
         if len(self.betas) != 2:
             raise bad(f"betas must be two numbers, got {self.betas}")
         if not 0.0 <= self.ema_decay < 1.0:
