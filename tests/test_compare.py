@@ -194,8 +194,18 @@ def test_claims_text_from_numbers():
     assert "FD-exp 20.0 % lower" in text and "FD-pose 11.1 % higher" in text and "holds in part" in text
     assert "2.00 x the ground truth's (outside 0.8-1.25)" in text
     # the paired view: the same seeds at both n
-    text = "\n".join(claims(stats, [0, 7], {"mse_exp": (0.01, 0.002, 3)}))
+    text = "\n".join(claims(stats, [0, 7], {"timar": {"mse_exp": (0.01, 0.002, 3)}}))
     assert "MSE-exp 4.000 -> 3.990 (-0.2 %, seed std 0.010, paired gain per seed +0.010 ± 0.002: no)" in text
+    # every TIMAR variant evaluated gets its own history line; the other claims stay about `timar`
+    stats["test"]["timar-sw"] = {0: {"mse_jaw": s(0.45, 0.016)}, 7: {"mse_jaw": s(0.40, 0.011)}}
+    lines = claims(stats, [0, 7], {"timar-sw": {"mse_jaw": (0.043, 0.005, 3)}})
+    sw = [line for line in lines if "(timar-sw, test" in line]
+    assert len(sw) == 1 and "MSE-jaw 0.450 -> 0.400" in sw[0] and "+0.043 ± 0.005: yes)" in sw[0]
+    assert "Holds here (1 of 1 metrics)" in sw[0]
+    assert sum("**History helps**" in line for line in lines) == 2
+    del stats["test"]["timar"]
+    assert [line for line in claims(stats, [0, 7]) if "History helps" in line][0].startswith(
+        "- **History helps** (timar-sw")
 
 
 def test_paired_gains_pair_the_seeds():
