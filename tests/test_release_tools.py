@@ -86,6 +86,29 @@ def test_card_check_without_a_record_says_how_to_write_one(models, capsys):
     assert re.search("timar card-check .* --write", capsys.readouterr().err)
 
 
+def test_card_check_regenerates_the_rule_set_it_was_written_for(models, tmp_path, capsys):
+    """A model trained on rule set v2 is checked on a v2 subset: the record names the rules, the check
+    regenerates that corpus (and passes), and the same record read as v1 no longer matches."""
+    import json
+    import shutil
+
+    from timar_model.eval.model_card import CHECK_FILE, SubsetSpec, write_check
+
+    model = shutil.copytree(models[0], tmp_path / "model")
+    write_check(model, SubsetSpec(history=1, seconds=6, rules="v2"))  # the tiny model sees 2 turns
+    record = json.loads((model / CHECK_FILE).read_text())
+    assert record["spec"]["rules"] == "v2"
+    capsys.readouterr()
+    assert cli.main(["card-check", str(model)]) == 0
+    assert "model card check: OK" in capsys.readouterr().out
+    record["spec"]["rules"] = "v1"
+    (model / CHECK_FILE).write_text(json.dumps(record))
+    assert cli.main(["card-check", str(model)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["card-check", str(model), "--write", "--rules", "v9"])
+
+
 def test_sweep_head_smoothing(models, test_split, tmp_path, capsys):
     """`timar sweep --head-smoothing a` evaluates every setting with that head low-pass (its own folders):
     the same samples, the head rotation slower, expression and jaw unchanged."""

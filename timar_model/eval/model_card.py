@@ -7,7 +7,7 @@ was evaluated on), streamed with n = `history` previous turns for the first `sec
 speaker role.
 
     timar card-check models/timar-small-synth           # compare with card_check.json
-    timar card-check models/timar-small-synth --write   # (re)write card_check.json
+    timar card-check models/timar-small-synth --write --rules v2  # (re)write card_check.json
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class SubsetSpec:
     seconds: int = 12
     history: int = 7  # previous turns the model sees (n)
     sampling_seed: int = 0
+    rules: str = "v1"  # the rule set of the corpus the model was trained on (timar synth --rules)
 
 
 def subset_metrics(model_dir: str | Path, spec: SubsetSpec = SubsetSpec()) -> dict[str, float]:
@@ -45,7 +46,7 @@ def subset_metrics(model_dir: str | Path, spec: SubsetSpec = SubsetSpec()) -> di
     gen = StreamingGenerator(model, context_turns=spec.history + 1, seed=spec.sampling_seed)
     with tempfile.TemporaryDirectory() as tmp:
         generate_corpus(tmp, hours=0, seed=spec.seed, splits=("test",), clips=spec.clips, workers=1,
-                        progress=False)
+                        progress=False, rules=spec.rules)
         samples = sorted(list_samples(Path(tmp) / "test"), key=lambda s: (s.clip, s.agent_speaker))
         result = evaluate_predictor(generator_predictor(gen), samples, None, spec.history, spec.seconds)
     return {k: float(result.mean[k]) for k in KEYS}
@@ -75,11 +76,15 @@ def compare_check(model_dir: str | Path, rel_tol: float = 0.02, abs_tol: float =
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", type=Path, help="model directory (config.json + model.safetensors)")
     parser.add_argument("--write", action="store_true", help=f"(re)write {CHECK_FILE} instead of comparing")
+    from timar_model.data.synth import RULES
+
+    parser.add_argument("--rules", default=SubsetSpec.rules, choices=RULES,
+                        help="with --write: the rule set of the subset (timar synth --rules; the model's corpus)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.write:
-        record = write_check(args.model_dir)
+        record = write_check(args.model_dir, SubsetSpec(rules=args.rules))
         print(json.dumps(record, indent=1))
         return 0
     problems = compare_check(args.model_dir)
