@@ -7,7 +7,8 @@ was evaluated on), streamed with n = `history` previous turns for the first `sec
 speaker role.
 
     timar card-check models/timar-small-synth           # compare with card_check.json
-    timar card-check models/timar-small-synth --write --rules v2  # (re)write card_check.json
+    timar card-check models/timar-small-synth --write   # (re)write card_check.json
+    timar card-check MODEL_DIR --write --rules v2       # a model trained on rule set v2
 """
 
 from __future__ import annotations
@@ -74,10 +75,10 @@ def compare_check(model_dir: str | Path, rel_tol: float = 0.02, abs_tol: float =
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", type=Path, help="model directory (config.json + model.safetensors)")
-    parser.add_argument("--write", action="store_true", help=f"(re)write {CHECK_FILE} instead of comparing")
     from timar_model.data.synth import RULES
 
+    parser.add_argument("model_dir", type=Path, help="model directory (config.json + model.safetensors)")
+    parser.add_argument("--write", action="store_true", help=f"(re)write {CHECK_FILE} instead of comparing")
     parser.add_argument("--rules", default=SubsetSpec.rules, choices=RULES,
                         help="with --write: the rule set of the subset (timar synth --rules; the model's corpus)")
 
