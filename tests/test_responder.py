@@ -17,6 +17,10 @@ from timar_model.runtime.vad import VadConfig
 SR = 16000
 T0 = 50.0  # s; stamp of the first sample
 TOL = 0.1  # s; VAD boundary tolerance (tests/test_vad.py)
+# s; silero's end of a turn: its recurrent state and the lower hold threshold keep a fading voice "speech" for
+# a few 32 ms windows more, so its end comes later than the energy backend's (by how much depends on the word
+# and on how the windows fall on it: it differs between espeak-ng builds)
+END_TOL = {"energy": TOL, "silero": 0.15}
 ROOT = Path(__file__).resolve().parents[1]
 ENV_SH = ROOT / "env.sh"
 
@@ -71,8 +75,8 @@ def test_a_reply_after_each_user_turn_and_pause(tts, backend):
     assert [r.text for r in replies] == ["One.", "Two."]
     first, second = replies
     # the first turn spans both phrases (its inner pause is shorter than `pause`)
-    assert abs(first.user_start - spans[0][0]) <= TOL and abs(first.user_end - spans[1][1]) <= TOL
-    assert abs(second.user_start - spans[2][0]) <= TOL and abs(second.user_end - spans[2][1]) <= TOL
+    assert abs(first.user_start - spans[0][0]) <= TOL and abs(first.user_end - spans[1][1]) <= END_TOL[backend]
+    assert abs(second.user_start - spans[2][0]) <= TOL and abs(second.user_end - spans[2][1]) <= END_TOL[backend]
     for r in replies:  # decided once the user has been quiet for `pause`, within one 32 ms window
         assert r.user_end + 0.7 - 1e-9 <= r.decided_at <= r.user_end + 0.7 + 0.032 + 1e-9
     assert tt.turns == 2 and tt.replies == 2 and not tt.user_speaking
