@@ -14,6 +14,7 @@ from test_evaluate import write_tiny_corpus
 from timar_model import cli
 from timar_model.data.partner_motion import apply_dropout, check_dropout, partner_motion_view
 from timar_model.eval.compare import (
+    ABLATIONS,
     CPU_ONLY_SYSTEMS,
     PAPER_SYSTEMS,
     RECIPES,
@@ -196,16 +197,59 @@ def test_claims_text_from_numbers():
     # the paired view: the same seeds at both n
     text = "\n".join(claims(stats, [0, 7], {"timar": {"mse_exp": (0.01, 0.002, 3)}}))
     assert "MSE-exp 4.000 -> 3.990 (-0.2 %, seed std 0.010, paired gain per seed +0.010 ± 0.002: no)" in text
-    # every TIMAR variant evaluated gets its own history line; the other claims stay about `timar`
+    # every TIMAR variant evaluated gets its own history line
     stats["test"]["timar-sw"] = {0: {"mse_jaw": s(0.45, 0.016)}, 7: {"mse_jaw": s(0.40, 0.011)}}
     lines = claims(stats, [0, 7], {"timar-sw": {"mse_jaw": (0.043, 0.005, 3)}})
     sw = [line for line in lines if "(timar-sw, test" in line]
     assert len(sw) == 1 and "MSE-jaw 0.450 -> 0.400" in sw[0] and "+0.043 ± 0.005: yes)" in sw[0]
     assert "Holds here (1 of 1 metrics)" in sw[0]
     assert sum("**History helps**" in line for line in lines) == 2
+    assert not any("timar-sw vs" in line or "(timar-sw, test, n = 7)" in line for line in lines)  # no FD-exp at 7
+    # each variant against its own ablations: timar-sw vs bi-attn-sw / enc-dec-sw / mlp-head-sw, not vs timar's
+    stats["test"]["timar-sw"][7].update(fid_exp=s(6.0, 0.2), fid_jaw=s(0.5), fid_pose=s(0.8), head_speed_ratio=s(1.1))
+    stats["test"]["enc-dec-sw"] = {7: {"fid_exp": s(6.3, 0.2)}}
+    stats["test"]["mlp-head-sw"] = {7: {"fid_exp": s(9.0, n=1), "fid_jaw": s(0.4, n=1), "fid_pose": s(0.9, n=1)}}
+    stats["test"]["enc-dec"] = {7: {"fid_exp": s(7.0, 0.1)}}
+    stats["ood"] = {"timar-sw": {7: {"fid_exp": s(12.0, 0.3)}}, "bi-attn-sw": {7: {"fid_exp": s(14.0, 0.3)}}}
+    lines = claims(stats, [0, 7])
+    (ed_sw,) = [line for line in lines if "Encoder-only" in line and "timar-sw" in line]
+    assert "timar-sw 6.00 ± 0.20 vs enc-dec-sw 6.30 ± 0.20: holds (within the seed spread)" in ed_sw
+    (ed,) = [line for line in lines if "Encoder-only" in line and "timar-sw" not in line]
+    assert "TIMAR 8.00 ± 0.10 vs enc-dec 7.00 ± 0.10: does not hold." in ed
+    (bi,) = [line for line in lines if "bidirectional" in line]
+    assert "(ood, n = 7, FD-exp): timar-sw 12.00 ± 0.30 vs bi-attn-sw 14.00" in bi and ": holds." in bi
+    (mlp_sw,) = [line for line in lines if "MLP head" in line and "timar-sw" in line]
+    assert "timar-sw vs mlp-head-sw" in mlp_sw and "FD-jaw 0.50 vs 0.40" in mlp_sw and "holds on 2 of 3" in mlp_sw
+    assert sum("timar-sw vs dualtalk (offline)" in line for line in lines) == 1
+    assert any("**Head speed** (timar-sw, test, n = 7): 1.10" in line for line in lines)
     del stats["test"]["timar"]
     assert [line for line in claims(stats, [0, 7]) if "History helps" in line][0].startswith(
         "- **History helps** (timar-sw")
+
+
+def test_the_warm_up_ablations_differ_from_timar_sw_only_in_the_ablated_part():
+    """bi-attn-sw / enc-dec-sw: every stage is timar-sw's stage with the ablation's model fields, so the
+    comparison is about attention / the backbone, not the schedule; mlp-head-sw is timar-sw's own stage 1."""
+    import yaml
+
+    ablated = {"bi-attn-sw": {"attention": "bidirectional"},
+               "enc-dec-sw": {"backbone": "encoder_decoder", "depth": 4, "decoder_depth": 2}}
+    assert SYSTEMS["mlp-head-sw"] == SYSTEMS["timar-sw"][:2]
+    for system, fields in ablated.items():
+        assert len(SYSTEMS[system]) == len(SYSTEMS["timar-sw"])
+        for mine, theirs in zip(SYSTEMS[system], SYSTEMS["timar-sw"]):
+            a, b = (yaml.safe_load((RECIPES / f"{r}.yaml").read_text()) for r in (mine, theirs))
+            assert a.pop("name") == mine
+            if "init_from" in b:  # each stage from the stage before it of the same system
+                prev = SYSTEMS[system][SYSTEMS[system].index(mine) - 1]
+                assert a.pop("init_from") == f"runs/compare/{prev}/final"
+                b.pop("init_from")
+            assert a.pop("model") == {**b.pop("model"), **fields}
+            b.pop("name")
+            assert a == b, mine
+    # the variants of the ablation claims are trained systems
+    for main, own in ABLATIONS.items():
+        assert main in SYSTEMS and set(own.values()) <= set(SYSTEMS)
 
 
 def test_paired_gains_pair_the_seeds():

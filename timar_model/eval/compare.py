@@ -2,7 +2,7 @@
 write the paper-layout table with a short text of which of the paper's claims hold here.
 
     timar compare --corpus data/synth-v2 --out outputs/compare/v2 [--budget small|paper|tiny] \
-        [--systems timar,timar-pmd,timar-sw,mlp-head,bi-attn,enc-dec,dualtalk] [--history 0,1,3,7] \
+        [--systems timar,timar-pmd,timar-sw,mlp-head,bi-attn,enc-dec,bi-attn-sw,...,dualtalk] [--history 0,1,3,7] \
         [--seeds 0,1,2] [--train-seeds 0,1,2] [--splits test,ood] [--limit N] [--runs DIR] [--set key=value ...] \
         [--torchrun N] [--skip-train | --table-only]
 
@@ -11,10 +11,14 @@ budget paper: one paper-<system>.yaml each, TIMAR-large and DualTalk at the publ
   timar        TIMAR-small: turn-causal encoder-only backbone (stage 1, MLP head) + diffusion head (stage 2)
   timar-pmd    the same trained with partner-motion dropout (15 % head pose only, 15 % none)
   timar-sw     TIMAR-small with a short-window warm-up: stage 1 starts with 1000 steps on 2-turn windows
-               (the jaw locks on to its own speech there), then 500 on full windows, then stage 2
+               (the jaw locks on to its own speech there), then 1000 on full windows, then stage 2
   mlp-head     the paper's ablation "MLP head": TIMAR-small's stage-1 model itself
   bi-attn      ablation "Bi-Attn": bidirectional attention over the window (both stages)
   enc-dec      ablation "Asym EncDec": MAE-style encoder over visible tokens + decoder (both stages)
+  mlp-head-sw, bi-attn-sw, enc-dec-sw
+               the three ablations of timar-sw, each with its warm-up (the same stages and steps): the claims
+               about the ablations are stated for timar against mlp-head/bi-attn/enc-dec and for timar-sw
+               against these
   dualtalk     the DualTalk baseline at a comparable parameter count; evaluated offline on whole clips (as
                published: the same prediction at every n) and, labelled "sliding window", as a streaming use
   mean         a reference, not trained: the training split's mean frame at every frame (`timar eval
@@ -62,16 +66,27 @@ SYSTEMS: dict[str, tuple[str, ...]] = {
     "mlp-head": ("timar-small-stage1",),
     "bi-attn": ("bi-attn-stage1", "bi-attn"),
     "enc-dec": ("enc-dec-stage1", "enc-dec"),
+    "mlp-head-sw": ("timar-small-sw-stage0", "timar-small-sw-stage1"),
+    "bi-attn-sw": ("bi-attn-sw-stage0", "bi-attn-sw-stage1", "bi-attn-sw"),
+    "enc-dec-sw": ("enc-dec-sw-stage0", "enc-dec-sw-stage1", "enc-dec-sw"),
     "dualtalk": ("dualtalk",),
     "mean": (),  # a reference: nothing to train
 }
 REFERENCE_SYSTEMS = ("mean",)  # evaluated once: the same prediction at every n
-CPU_ONLY_SYSTEMS = ("timar-sw",)  # a device of the CPU budget: the paper's 400 epochs need no warm-up
+# a device of the CPU budget: the paper's 400 epochs need no warm-up
+CPU_ONLY_SYSTEMS = ("timar-sw", "mlp-head-sw", "bi-attn-sw", "enc-dec-sw")
 PAPER_SYSTEMS: dict[str, tuple[str, ...]] = {name: (f"paper-{name}",) if recipes else ()
                                              for name, recipes in SYSTEMS.items() if name not in CPU_ONLY_SYSTEMS}
 MAIN = "timar"
-HISTORY_SYSTEMS = ("timar", "timar-sw")  # the history claim is stated for each of these that was evaluated
-DIFFUSION_SYSTEMS = ("timar", "timar-pmd", "timar-sw", "bi-attn", "enc-dec")  # sampled: one evaluation per seed
+# each TIMAR variant with its own ablations (MLP head, bidirectional attention, encoder-decoder): the claims
+# about the model (history, DualTalk, the ablations, head speed) are stated for each variant evaluated
+ABLATIONS: dict[str, dict[str, str]] = {
+    "timar": {"mlp": "mlp-head", "bi": "bi-attn", "ed": "enc-dec"},
+    "timar-sw": {"mlp": "mlp-head-sw", "bi": "bi-attn-sw", "ed": "enc-dec-sw"},
+}
+HISTORY_SYSTEMS = tuple(ABLATIONS)
+# sampled: one evaluation per seed
+DIFFUSION_SYSTEMS = ("timar", "timar-pmd", "timar-sw", "bi-attn", "enc-dec", "bi-attn-sw", "enc-dec-sw")
 PARTNER_VIEWS = ("pose", "none")  # timar and timar-pmd also evaluated with these (timar eval --partner-motion)
 PARTNER_SYSTEMS = ("timar", "timar-pmd")
 # per model type: recipe overrides of a budget
@@ -396,48 +411,15 @@ def claims(stats: dict, history: list[int], paired: dict | None = None, seed_kin
     out = []
     top = max(history)
     split = "test" if "test" in stats else next(iter(stats))
-    # 1. history, for every TIMAR variant evaluated
+    # history, for every TIMAR variant evaluated
     for system in HISTORY_SYSTEMS:
         line = history_claim(stats, history, system, (paired or {}).get(system), seed_kind)
         if line is not None:
             out.append(line)
-    # 2. TIMAR vs DualTalk
-    for dt in ("dualtalk (offline)", "dualtalk (sliding window)"):
-        rel = {}
-        for key in CLAIM_KEYS:
-            a, b = _get(stats, split, MAIN, top, key), _get(stats, split, dt, top, key)
-            if a is not None and b is not None:
-                rel[key] = -_pct(a[0], b[0])  # % lower than DualTalk
-        if rel:
-            vals = list(rel.values())
-            verdict = ("holds" if min(vals) >= 15 else "holds in part (TIMAR lower on "
-                       f"{sum(v > 0 for v in vals)} of {len(vals)}, by 15 % or more on {sum(v >= 15 for v in vals)})"
-                       if max(vals) > 0 else "does not hold")
-            diffs = ", ".join(f"{label(k)} {abs(v):.1f} % {'lower' if v >= 0 else 'higher'}" for k, v in rel.items())
-            out.append(f"- **TIMAR beats DualTalk by 15-30 % on FD and MSE** ({split}, n = {top}, TIMAR vs "
-                       f"{dt}): {diffs}: {verdict}.")
-    # 3. diffusion vs MLP head: distribution metrics
-    pairs = [("fid_exp", False), ("fid_jaw", False), ("fid_pose", False), ("sid_exp", True)]
-    res = []
-    for key, higher_better in pairs:
-        a, b = _get(stats, split, MAIN, top, key), _get(stats, split, "mlp-head", top, key)
-        if a is not None and b is not None:
-            res.append((key, a[0], b[0], (a[0] > b[0]) if higher_better else (a[0] < b[0])))
-    if res:
-        wins = sum(r[3] for r in res)
-        verdict = "holds" if wins == len(res) else f"holds on {wins} of {len(res)}" if wins else "does not hold"
-        out.append(f"- **Diffusion head beats the MLP head on the distribution metrics** ({split}, n = {top}): "
-                   + ", ".join(f"{label(k)} {a:.2f} vs {b:.2f}" for k, a, b, _ in res) + f": {verdict}.")
-    # 4. turn-causal vs bidirectional (generalisation: ood), 5. encoder-only vs encoder-decoder
-    for other, what, where in (("bi-attn", "Turn-causal attention generalises better than bidirectional", "ood"),
-                               ("enc-dec", "Encoder-only beats the encoder-decoder", split)):
-        sp = where if where in stats else split
-        a, b = _get(stats, sp, MAIN, top, "fid_exp"), _get(stats, sp, other, top, "fid_exp")
-        if a is not None and b is not None:
-            out.append(f"- **{what}** ({sp}, n = {top}, FD-exp): TIMAR {_cell(a)} vs {other} {_cell(b)}: "
-                       f"{'holds' if a[0] < b[0] else 'does not hold'}"
-                       f"{' (within the seed spread)' if abs(a[0] - b[0]) <= 2 * max(a[1], b[1]) else ''}.")
-    # 6. partner motion, and what training with partner-motion dropout costs / buys
+    for main, own in ABLATIONS.items():
+        if any(_get(stats, sp, main, top, "fid_exp") is not None for sp in stats):
+            out += _model_claims(stats, split, top, main, own)
+    # partner motion, and what training with partner-motion dropout costs / buys
     for system in PARTNER_SYSTEMS:
         views = {v: _get(stats, split, f"{system} (partner {v})" if v != "full" else system, top, "mse_pose")
                  for v in ("full", *PARTNER_VIEWS)}
@@ -455,10 +437,55 @@ def claims(stats: dict, history: list[int], paired: dict | None = None, seed_kin
     if costs:
         out.append(f"- **What partner-motion dropout costs with full input** ({split}, n = {top}, timar-pmd vs "
                    f"timar): {'; '.join(costs)}.")
-    # 7. smoothness
-    hs = _get(stats, split, MAIN, top, "head_speed_ratio")
+    return out
+
+
+def _model_claims(stats: dict, split: str, top: int, main: str, own: dict[str, str]) -> list[str]:
+    """The claims about one TIMAR variant at n = top: against DualTalk, its own ablations (`own`: MLP head,
+    bidirectional attention, encoder-decoder, as in ABLATIONS) and its head speed."""
+    out = []
+    name = "TIMAR" if main == MAIN else main
+    # TIMAR vs DualTalk
+    for dt in ("dualtalk (offline)", "dualtalk (sliding window)"):
+        rel = {}
+        for key in CLAIM_KEYS:
+            a, b = _get(stats, split, main, top, key), _get(stats, split, dt, top, key)
+            if a is not None and b is not None:
+                rel[key] = -_pct(a[0], b[0])  # % lower than DualTalk
+        if rel:
+            vals = list(rel.values())
+            verdict = ("holds" if min(vals) >= 15 else "holds in part (TIMAR lower on "
+                       f"{sum(v > 0 for v in vals)} of {len(vals)}, by 15 % or more on {sum(v >= 15 for v in vals)})"
+                       if max(vals) > 0 else "does not hold")
+            diffs = ", ".join(f"{label(k)} {abs(v):.1f} % {'lower' if v >= 0 else 'higher'}" for k, v in rel.items())
+            out.append(f"- **TIMAR beats DualTalk by 15-30 % on FD and MSE** ({split}, n = {top}, {name} vs "
+                       f"{dt}): {diffs}: {verdict}.")
+    # diffusion vs MLP head: distribution metrics
+    pairs = [("fid_exp", False), ("fid_jaw", False), ("fid_pose", False), ("sid_exp", True)]
+    res = []
+    for key, higher_better in pairs:
+        a, b = _get(stats, split, main, top, key), _get(stats, split, own["mlp"], top, key)
+        if a is not None and b is not None:
+            res.append((key, a[0], b[0], (a[0] > b[0]) if higher_better else (a[0] < b[0])))
+    if res:
+        wins = sum(r[3] for r in res)
+        verdict = "holds" if wins == len(res) else f"holds on {wins} of {len(res)}" if wins else "does not hold"
+        out.append(f"- **Diffusion head beats the MLP head on the distribution metrics** ({split}, n = {top}, "
+                   f"{name} vs {own['mlp']}): "
+                   + ", ".join(f"{label(k)} {a:.2f} vs {b:.2f}" for k, a, b, _ in res) + f": {verdict}.")
+    # turn-causal vs bidirectional (generalisation: ood), encoder-only vs encoder-decoder
+    for other, what, where in ((own["bi"], "Turn-causal attention generalises better than bidirectional", "ood"),
+                               (own["ed"], "Encoder-only beats the encoder-decoder", split)):
+        sp = where if where in stats else split
+        a, b = _get(stats, sp, main, top, "fid_exp"), _get(stats, sp, other, top, "fid_exp")
+        if a is not None and b is not None:
+            out.append(f"- **{what}** ({sp}, n = {top}, FD-exp): {name} {_cell(a)} vs {other} {_cell(b)}: "
+                       f"{'holds' if a[0] < b[0] else 'does not hold'}"
+                       f"{' (within the seed spread)' if abs(a[0] - b[0]) <= 2 * max(a[1], b[1]) else ''}.")
+    # smoothness
+    hs = _get(stats, split, main, top, "head_speed_ratio")
     if hs is not None:
-        out.append(f"- **Head speed** (TIMAR, {split}, n = {top}): {hs[0]:.2f} x the ground truth's "
+        out.append(f"- **Head speed** ({name}, {split}, n = {top}): {hs[0]:.2f} x the ground truth's "
                    f"({'inside' if 0.8 <= hs[0] <= 1.25 else 'outside'} 0.8-1.25).")
     return out
 
