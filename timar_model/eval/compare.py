@@ -479,9 +479,9 @@ def _model_claims(stats: dict, split: str, top: int, main: str, own: dict[str, s
         sp = where if where in stats else split
         a, b = _get(stats, sp, main, top, "fid_exp"), _get(stats, sp, other, top, "fid_exp")
         if a is not None and b is not None:
-            out.append(f"- **{what}** ({sp}, n = {top}, FD-exp): {name} {_cell(a)} vs {other} {_cell(b)}: "
-                       f"{'holds' if a[0] < b[0] else 'does not hold'}"
-                       f"{' (within the seed spread)' if abs(a[0] - b[0]) <= 2 * max(a[1], b[1]) else ''}.")
+            close = abs(a[0] - b[0]) <= 2 * max(a[1], b[1])
+            verdict = ("not shown (within the seed spread)" if close else "holds" if a[0] < b[0] else "does not hold")
+            out.append(f"- **{what}** ({sp}, n = {top}, FD-exp): {name} {_cell(a)} vs {other} {_cell(b)}: {verdict}.")
     # smoothness
     hs = _get(stats, split, main, top, "head_speed_ratio")
     if hs is not None:
