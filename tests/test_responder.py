@@ -19,7 +19,7 @@ T0 = 50.0  # s; stamp of the first sample
 TOL = 0.1  # s; VAD boundary tolerance (tests/test_vad.py)
 # s; silero's end of a turn: its recurrent state and the lower hold threshold keep a fading voice "speech" for
 # a few 32 ms windows more, so its end comes later than the energy backend's (by how much depends on the word
-# and on how the windows fall on it: it differs between espeak-ng builds)
+# and on how the windows fall on it, which moves with what espeak-ng said before: tts.Espeak.fresh)
 END_TOL = {"energy": TOL, "silero": 0.15}
 ROOT = Path(__file__).resolve().parents[1]
 ENV_SH = ROOT / "env.sh"
