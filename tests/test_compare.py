@@ -103,7 +103,8 @@ def test_compare_trains_evaluates_and_writes_the_table(compared):
     for text in ("**test**", "**ood**", "dualtalk (offline)", "dualtalk (sliding window)", "timar (partner pose)",
                  "timar (partner none)", "timar-pmd (partner none)", "mlp-head", "bi-attn", "enc-dec", "FD-exp x1",
                  "rPCC-pose x10", "head speed / GT", "History helps", "TIMAR beats DualTalk", "Partner motion",
-                 "What partner-motion dropout costs", "budget tiny", "timar-sw"):
+                 "What partner-motion dropout costs", "budget tiny", "timar-sw", "timar-pmd-sw (partner none)",
+                 "timar-pmd-sw vs timar-sw", "the face, jaw~own speech"):
         assert text in md, text
     doc = json.loads((out / "comparison.json").read_text())
     fd = doc["stats"]["test"]["timar"]["1"]["fid_exp"]
@@ -250,6 +251,28 @@ def test_the_warm_up_ablations_differ_from_timar_sw_only_in_the_ablated_part():
     # the variants of the ablation claims are trained systems
     for main, own in ABLATIONS.items():
         assert main in SYSTEMS and set(own.values()) <= set(SYSTEMS)
+
+
+def test_the_dropout_variants_differ_from_their_base_only_in_the_dropout():
+    """timar-pmd / timar-pmd-sw: every stage is the base system's stage with partner-motion dropout and the
+    learned absence codes, so "what dropout costs with full input" compares the dropout alone."""
+    import yaml
+
+    from timar_model.eval.compare import DROPOUT_OF, PARTNER_SYSTEMS
+
+    dropout = {"partner_motion_dropout": {"pose": 0.15, "none": 0.15}}
+    for system, base in DROPOUT_OF.items():
+        assert len(SYSTEMS[system]) == len(SYSTEMS[base]) and {system, base} <= set(PARTNER_SYSTEMS)
+        for mine, theirs in zip(SYSTEMS[system], SYSTEMS[base]):
+            a, b = (yaml.safe_load((RECIPES / f"{r}.yaml").read_text()) for r in (mine, theirs))
+            assert a.pop("name") == mine
+            if "init_from" in b:
+                prev = SYSTEMS[system][SYSTEMS[system].index(mine) - 1]
+                assert a.pop("init_from") == f"runs/compare/{prev}/final"
+                b.pop("init_from")
+            assert a.pop("model") == {**b.pop("model"), "partner_absent_embed": True}
+            b.pop("name")
+            assert a == {**b, **dropout}, mine
 
 
 def test_paired_gains_pair_the_seeds():

@@ -12,6 +12,7 @@ budget paper: one paper-<system>.yaml each, TIMAR-large and DualTalk at the publ
   timar-pmd    the same trained with partner-motion dropout (15 % head pose only, 15 % none)
   timar-sw     TIMAR-small with a short-window warm-up: stage 1 starts with 1000 steps on 2-turn windows
                (the jaw locks on to its own speech there), then 1000 on full windows, then stage 2
+  timar-pmd-sw timar-sw trained with timar-pmd's partner-motion dropout in every stage
   mlp-head     the paper's ablation "MLP head": TIMAR-small's stage-1 model itself
   bi-attn      ablation "Bi-Attn": bidirectional attention over the window (both stages)
   enc-dec      ablation "Asym EncDec": MAE-style encoder over visible tokens + decoder (both stages)
@@ -34,8 +35,8 @@ into RUNS/<recipe name>-train<S>/, its stage 2 starting from the stage 1 of the 
 the table is the mean ± std over training x sampling seeds: one training run per system measures the
 training seed's luck as well (the jaw of TIMAR-small: README "Reproducing the paper's comparisons").
 Evaluation: streaming (`timar eval`) on every split at every n and every sampling seed of the diffusion
-systems; timar and timar-pmd also with the partner's head pose only and with no partner motion
-(`--partner-motion`, first seed). Outputs: OUT/eval/<system>[-<variant>]-seed<S>[-train<T>]/<split>/ as
+systems; timar, timar-sw and their dropout variants also with the partner's head pose only and with no
+partner motion (`--partner-motion`, first seed). Outputs: OUT/eval/<system>[-<variant>]-seed<S>[-train<T>]/<split>/ as
 `timar eval` writes them, OUT/comparison.md (tables in the paper's scaling + the claims text) and
 OUT/comparison.json.
 """
@@ -63,6 +64,7 @@ SYSTEMS: dict[str, tuple[str, ...]] = {
     "timar": ("timar-small-stage1", "timar-small"),
     "timar-pmd": ("timar-small-pmd-stage1", "timar-small-pmd"),
     "timar-sw": ("timar-small-sw-stage0", "timar-small-sw-stage1", "timar-small-sw"),
+    "timar-pmd-sw": ("timar-small-pmd-sw-stage0", "timar-small-pmd-sw-stage1", "timar-small-pmd-sw"),
     "mlp-head": ("timar-small-stage1",),
     "bi-attn": ("bi-attn-stage1", "bi-attn"),
     "enc-dec": ("enc-dec-stage1", "enc-dec"),
@@ -74,7 +76,7 @@ SYSTEMS: dict[str, tuple[str, ...]] = {
 }
 REFERENCE_SYSTEMS = ("mean",)  # evaluated once: the same prediction at every n
 # a device of the CPU budget: the paper's 400 epochs need no warm-up
-CPU_ONLY_SYSTEMS = ("timar-sw", "mlp-head-sw", "bi-attn-sw", "enc-dec-sw")
+CPU_ONLY_SYSTEMS = ("timar-sw", "timar-pmd-sw", "mlp-head-sw", "bi-attn-sw", "enc-dec-sw")
 PAPER_SYSTEMS: dict[str, tuple[str, ...]] = {name: (f"paper-{name}",) if recipes else ()
                                              for name, recipes in SYSTEMS.items() if name not in CPU_ONLY_SYSTEMS}
 MAIN = "timar"
@@ -86,9 +88,12 @@ ABLATIONS: dict[str, dict[str, str]] = {
 }
 HISTORY_SYSTEMS = tuple(ABLATIONS)
 # sampled: one evaluation per seed
-DIFFUSION_SYSTEMS = ("timar", "timar-pmd", "timar-sw", "bi-attn", "enc-dec", "bi-attn-sw", "enc-dec-sw")
-PARTNER_VIEWS = ("pose", "none")  # timar and timar-pmd also evaluated with these (timar eval --partner-motion)
-PARTNER_SYSTEMS = ("timar", "timar-pmd")
+DIFFUSION_SYSTEMS = ("timar", "timar-pmd", "timar-sw", "timar-pmd-sw", "bi-attn", "enc-dec", "bi-attn-sw",
+                     "enc-dec-sw")
+PARTNER_VIEWS = ("pose", "none")  # also evaluated with these (timar eval --partner-motion)
+# each system trained with partner-motion dropout -> the same system trained without it
+DROPOUT_OF = {"timar-pmd": "timar", "timar-pmd-sw": "timar-sw"}
+PARTNER_SYSTEMS = (*DROPOUT_OF.values(), *DROPOUT_OF)
 # per model type: recipe overrides of a budget
 _TINY_COMMON = ["max_steps=2", "warmup_steps=1", "batch_size=2", "val_every=0", "val_data=null", "ckpt_every=2",
                 "log_every=1", "threads=1", "window_stride_turns=1", "model.context_turns=2"]
@@ -421,22 +426,27 @@ def claims(stats: dict, history: list[int], paired: dict | None = None, seed_kin
             out += _model_claims(stats, split, top, main, own)
     # partner motion, and what training with partner-motion dropout costs / buys
     for system in PARTNER_SYSTEMS:
-        views = {v: _get(stats, split, f"{system} (partner {v})" if v != "full" else system, top, "mse_pose")
-                 for v in ("full", *PARTNER_VIEWS)}
-        if all(v is not None for v in views.values()):
-            f, p, z = (views[k][0] for k in ("full", "pose", "none"))
+        views = {v: (system if v == "full" else f"{system} (partner {v})") for v in ("full", *PARTNER_VIEWS)}
+        pose = {v: _get(stats, split, name, top, "mse_pose") for v, name in views.items()}
+        jaw = {v: _get(stats, split, name, top, "jaw_speech_pred") for v, name in views.items()}
+        if all(v is not None for v in pose.values()):
+            f, p, z = (pose[k][0] for k in ("full", "pose", "none"))
             ref = _get(stats, split, "mean (reference)", top, "mse_pose")
+            face = ("; the face, jaw~own speech: " + ", ".join(f"{v} {jaw[v][0]:.2f}" for v in views)
+                    if all(j is not None for j in jaw.values()) else "")
             out.append(f"- **Partner motion** ({system}, {split}, n = {top}, MSE-pose x1e2): full {f:.3f}, head "
                        f"pose only {p:.3f} ({_pct(p, f):+.0f} %), none {z:.3f} ({_pct(z, f):+.0f} %)"
-                       + (f"; the training mean (no input at all) {ref[0]:.3f}" if ref is not None else "") + ".")
-    costs = []
-    for key in ("fid_exp", "mse_pose", "p_fid_pose"):
-        a, b = _get(stats, split, "timar-pmd", top, key), _get(stats, split, MAIN, top, key)
-        if a is not None and b is not None:
-            costs.append(f"{label(key)} {a[0]:.3f} vs {b[0]:.3f} ({_pct(a[0], b[0]):+.1f} %)")
-    if costs:
-        out.append(f"- **What partner-motion dropout costs with full input** ({split}, n = {top}, timar-pmd vs "
-                   f"timar): {'; '.join(costs)}.")
+                       + (f"; the training mean (no input at all) {ref[0]:.3f}" if ref is not None else "")
+                       + face + ".")
+    for dropped, plain in DROPOUT_OF.items():
+        costs = []
+        for key in ("fid_exp", "mse_pose", "p_fid_pose"):
+            a, b = _get(stats, split, dropped, top, key), _get(stats, split, plain, top, key)
+            if a is not None and b is not None:
+                costs.append(f"{label(key)} {a[0]:.3f} vs {b[0]:.3f} ({_pct(a[0], b[0]):+.1f} %)")
+        if costs:
+            out.append(f"- **What partner-motion dropout costs with full input** ({split}, n = {top}, {dropped} vs "
+                       f"{plain}): {'; '.join(costs)}.")
     return out
 
 
