@@ -66,6 +66,20 @@ def test_matmul_peak_and_cpu_model():
     assert cpu_model() and cpu_model() != "unknown CPU"
 
 
+def test_the_peak_product_shrinks_to_the_time_it_is_given():
+    """An emulated dtype (float16 on most CPUs: a few GFLOP/s) is measured on a product it can finish in the
+    time given, not on the 2048 x 2048 one that would take minutes; the sizes stay multiples of 64."""
+    from timar_model.eval.bench import _affordable_n
+
+    cpu = torch.device("cpu")
+    assert _affordable_n("float32", cpu, 2048, seconds=1e6) == 2048
+    assert _affordable_n("float32", cpu, 2048, seconds=1e-9) == 256
+    n = _affordable_n("float16", cpu, 2048, seconds=0.05)
+    assert 256 <= n <= 2048 and n % 64 == 0
+    peak = matmul_peak("float16", "cpu", seconds=0.05)
+    assert peak is None or peak > 0
+
+
 def test_variants_are_checked():
     assert parse_variants("torch:bfloat16,onnxruntime:int8", "torch", "float32") == [
         ("torch", "bfloat16"),

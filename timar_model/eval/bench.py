@@ -124,12 +124,15 @@ def _sync(device: torch.device) -> None:
 def matmul_peak(dtype: str, device: str = "cpu", seconds: float = 0.5, n: int | None = None) -> float | None:
     """Measured dense matmul throughput (TFLOP/s, or TOP/s for int8) of an n x n x n product: the median of
     repeated products over about `seconds` after one warm-up. int8 on the CPU goes through onnxruntime's
-    dynamically quantised MatMul (the int8 backend's kernel); None where the dtype does not run on the device."""
+    dynamically quantised MatMul (the int8 backend's kernel); None where the dtype does not run on the device.
+    Without `n`: 8192 on a GPU, 2048 on a CPU, smaller where one product of that size would take longer than
+    `seconds` (a dtype the device only emulates: float16 on most CPUs runs at a few GFLOP/s)."""
     dev = torch.device(device)
-    n = n or (8192 if dev.type == "cuda" else 2048)
     if dtype == "int8":
-        return _int8_peak_onnxruntime(n, seconds) if dev.type == "cpu" else None
+        return _int8_peak_onnxruntime(n or 2048, seconds) if dev.type == "cpu" else None
     try:
+        if n is None:
+            n = _affordable_n(dtype, dev, 8192 if dev.type == "cuda" else 2048, seconds)
         a = torch.randn(n, n, device=dev).to(getattr(torch, dtype))
         b = torch.randn(n, n, device=dev).to(getattr(torch, dtype))
         a @ b
@@ -144,6 +147,20 @@ def matmul_peak(dtype: str, device: str = "cpu", seconds: float = 0.5, n: int | 
         _sync(dev)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / float(np.median(times)) / 1e12
+
+
+def _affordable_n(dtype: str, dev: torch.device, n_max: int, seconds: float, n_probe: int = 256) -> int:
+    """The largest n <= n_max (a multiple of 64, at least n_probe) whose n x n x n product in `dtype` takes
+    about `seconds`, extrapolated from one timed product of n_probe (after a warm-up one)."""
+    a = torch.randn(n_probe, n_probe, device=dev).to(getattr(torch, dtype))
+    a @ a
+    _sync(dev)
+    t0 = time.perf_counter()
+    a @ a
+    _sync(dev)
+    per_flop = max(time.perf_counter() - t0, 1e-9) / n_probe**3
+    n = int((seconds / per_flop) ** (1 / 3)) // 64 * 64
+    return max(n_probe, min(n_max, n))
 
 
 def _int8_peak_onnxruntime(n: int, seconds: float) -> float | None:
