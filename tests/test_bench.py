@@ -67,7 +67,7 @@ def test_matmul_peak_and_cpu_model():
 
 
 def test_the_peak_product_shrinks_to_the_time_it_is_given():
-    """An emulated dtype (float16 on most CPUs: a few GFLOP/s) is measured on a product it can finish in the
+    """An emulated dtype (float16 on most CPUs) is measured on a product it can finish in the
     time given, not on the 2048 x 2048 one that would take minutes; the sizes stay multiples of 64."""
     from timar_model.eval.bench import _affordable_n
 

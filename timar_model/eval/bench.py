@@ -126,7 +126,7 @@ def matmul_peak(dtype: str, device: str = "cpu", seconds: float = 0.5, n: int | 
     repeated products over about `seconds` after one warm-up. int8 on the CPU goes through onnxruntime's
     dynamically quantised MatMul (the int8 backend's kernel); None where the dtype does not run on the device.
     Without `n`: 8192 on a GPU, 2048 on a CPU, smaller where one product of that size would take longer than
-    `seconds` (a dtype the device only emulates: float16 on most CPUs runs at a few GFLOP/s)."""
+    `seconds` (a dtype the device only emulates, as most CPUs do float16)."""
     dev = torch.device(device)
     if dtype == "int8":
         return _int8_peak_onnxruntime(n or 2048, seconds) if dev.type == "cpu" else None
