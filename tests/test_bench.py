@@ -174,3 +174,29 @@ def test_gpu_check_dry_run_writes_one_json(tmp_path):
     summary = doc["summary"]
     assert summary["per_turn_ms"]["bench:small:bfloat16"] > 0 and summary["large_bf16_best_ms"] is None
     assert "not compared" in summary["public_release"]
+
+
+def test_the_int8_kernel_probe_times_every_form():
+    """scripts/int8_kernel_probe.py (the choice of int8 kernel in docs/jetson.md): every form timed, the
+    export's int8 form near float32 and onnxruntime's float32 equal to torch's."""
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "scripts/int8_kernel_probe.py", "--preset", "small", "--seconds", "0.05"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = {}
+    for line in run.stdout.splitlines():
+        parts = line.rsplit(None, 3)
+        if len(parts) == 4 and parts[0].strip().startswith(("torch", "onnxruntime")):
+            rows[parts[0].strip()] = (float(parts[1]), float(parts[3]))
+    for form in ("torch bfloat16 Linear", "torch.ao dynamic int8 Linear", "onnxruntime dynamic uint8 weights",
+                 "onnxruntime dynamic int8, per tensor", "onnxruntime dynamic int8, both operands"):
+        assert form in rows, run.stdout
+    assert all(ms > 0 for ms, _ in rows.values())
+    assert rows["onnxruntime float32 MatMul"][1] < 1e-5
+    assert 0 < rows["onnxruntime dynamic int8, per channel (export)"][1] < 0.05

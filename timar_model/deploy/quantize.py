@@ -8,10 +8,9 @@ extractors), the log-mel filterbank (its input is a power spectrum, whose range 
 LayerNorms, softmax and the residual stream stay float32. sampler.onnx stays float32: it is a few percent
 of a turn, and its five unrolled steps share weights, which the quantiser turns into duplicate names.
 
-Why onnxruntime and not torch: measured on this project's CPU host (Intel Xeon with AVX-512 VNNI and AMX,
-880 x 1024 x 4096, medians under load): onnxruntime's int8 GEMM 2.2 TOP/s; torch's bf16 Linear 1.6 TFLOP/s,
-torch.ao.quantization.quantize_dynamic's int8 Linear 0.68 TOP/s, and oneDNN's int8 qlinear (3.6 TOP/s alone)
-no faster than bf16 inside the backbone once the activations are quantised per call in eager PyTorch.
+Why onnxruntime's dynamic int8 MatMul and not torch.ao's int8 Linear, uint8 weights, weight-only
+MatMulNBits or quantised attention products: it was the fastest of them at the backbone's shapes
+(scripts/int8_kernel_probe.py times each; the figures and the per-host speed-ups are in docs/jetson.md).
 """
 
 from __future__ import annotations
