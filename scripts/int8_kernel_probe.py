@@ -63,10 +63,23 @@ def save(graph, path: Path) -> Path:
     return path
 
 
+def dynamic(src: Path, dst: Path, weight_type: str, const_b_only: bool) -> Path:
+    """onnxruntime's dynamic quantisation of every MatMul (const_b_only: only those with a constant weight)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        src,
+        dst,
+        op_types_to_quantize=["MatMul"],
+        weight_type=getattr(QuantType, weight_type),
+        extra_options={"MatMulConstBOnly": const_b_only},
+    )
+    return dst
+
+
 def linear_forms(tmp: Path, m: int, k: int, n: int, threads: int, seconds: float) -> list[tuple[str, float, float]]:
     """(form, seconds, relative error) for each form of y = a @ w."""
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     rng = np.random.default_rng(0)
     w = (0.02 * rng.standard_normal((k, n))).astype(np.float32)
@@ -97,14 +110,7 @@ def linear_forms(tmp: Path, m: int, k: int, n: int, threads: int, seconds: float
     forms: dict[str, Path] = {"onnxruntime float32 MatMul": src}
     forms["onnxruntime dynamic int8, per channel (export)"] = quantize_linears(src, tmp / "dyn_pc.onnx")
     forms["onnxruntime dynamic int8, per tensor"] = quantize_linears(src, tmp / "dyn_pt.onnx", per_channel=False)
-    quantize_dynamic(
-        src,
-        tmp / "dyn_u8.onnx",
-        op_types_to_quantize=["MatMul"],
-        weight_type=QuantType.QUInt8,
-        extra_options={"MatMulConstBOnly": True},
-    )
-    forms["onnxruntime dynamic uint8 weights"] = tmp / "dyn_u8.onnx"
+    forms["onnxruntime dynamic uint8 weights"] = dynamic(src, tmp / "dyn_u8.onnx", "QUInt8", const_b_only=True)
     try:
         import onnx
         from onnxruntime.quantization import matmul_nbits_quantizer as mnq
@@ -136,7 +142,6 @@ def linear_forms(tmp: Path, m: int, k: int, n: int, threads: int, seconds: float
 
 def attention_forms(tmp: Path, t: int, heads: int, d: int, threads: int, seconds: float):
     from onnx import TensorProto, helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     rng = np.random.default_rng(1)
     feeds = {
@@ -159,13 +164,7 @@ def attention_forms(tmp: Path, t: int, heads: int, d: int, threads: int, seconds
         [helper.make_tensor("c", TensorProto.FLOAT, [], [d**-0.5])],
     )
     src = save(graph, tmp / "attention.onnx")
-    quantize_dynamic(
-        src,
-        tmp / "attention.int8.onnx",
-        op_types_to_quantize=["MatMul"],
-        weight_type=QuantType.QInt8,
-        extra_options={"MatMulConstBOnly": False},
-    )
+    dynamic(src, tmp / "attention.int8.onnx", "QInt8", const_b_only=False)
     rows, ref = [], None
     for name, path in (
         ("onnxruntime float32", src),
