@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +180,6 @@ def test_gpu_check_dry_run_writes_one_json(tmp_path):
 def test_the_int8_kernel_probe_times_every_form():
     """scripts/int8_kernel_probe.py (the choice of int8 kernel in docs/jetson.md): every form timed, the
     export's int8 form near float32 and onnxruntime's float32 equal to torch's."""
-    import sys
-
     run = subprocess.run(
         [sys.executable, "scripts/int8_kernel_probe.py", "--preset", "small", "--seconds", "0.05"],
         cwd=ROOT,
