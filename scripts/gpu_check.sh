@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared command for a machine with a CUDA GPU: the CUDA-marked tests, `timar bench` of `small` and
 # `large` in float32 / bfloat16 (eager, then torch.compile + CUDA graphs for the fixed-shape steady state), and
-# the shipped model streaming the demo clip on the GPU. Writes ONE JSON: $OUT/gpu_check.json when $OUT is set
+# the shipped model streaming the demo clip on the GPU; with --public-src DIR (a checkout of the public release,
+# git-ignored at .public-release/ if carried along; needs timm) also `large` through the release's own sampling
+# code beside the project's. Writes ONE JSON: $OUT/gpu_check.json when $OUT is set
 # (the device tool), else outputs/gpu_check/gpu_check-<time>.json, or --out FILE. Every stage runs apart and
 # fails soft (its error goes into the JSON). Stages and options: timar_model/deploy/gpu_check.py.
 #

@@ -131,7 +131,7 @@ def test_bench_prints_the_host_peaks_and_bound_shares(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- gpu_check, dry mode
 def stage_args(**kw) -> argparse.Namespace:
-    base = dict(device="cpu", turns=1, presets="small", stage=None, stage_out=None)
+    base = dict(device="cpu", turns=1, presets="small", stage=None, stage_out=None, public_src=None)
     return argparse.Namespace(**(base | kw))
 
 

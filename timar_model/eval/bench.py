@@ -5,16 +5,19 @@ GPU name), its measured matmul peak per dtype, and each stage's share of its FLO
     timar bench --presets small,large --dtype bfloat16
     timar bench --presets large --variants torch:bfloat16,onnxruntime:int8   # compared in one run
     timar bench --presets small --device cuda --compile reduce-overhead      # torch.compile + CUDA graphs
+    timar bench --presets large --variants public:float32,torch:bfloat16 --public-src DIR  # vs the release
 
 The window is filled first (context_turns warm-up turns) so every measured turn runs on a full window.
 With several variants (backend:dtype) the same weights run in one process and the turns alternate between
 the variants (the order rotates every turn), so a load that comes and goes hits all of them alike; the
-speed-up of each over the first is the ratio of the median totals. The 1-minute load average is printed
-before and after: other processes on the CPU inflate the numbers (with torch using every core, one busy
-core can make them several times slower; try --threads 1).
+speed-up of each over the first is the ratio of the median totals. The variant public:float32 is the public
+release's own sampling code on the same weights (a checkout at --public-src; eval/public_release.py).
+The 1-minute load average is printed before and after: other processes on the CPU inflate the numbers (with
+torch using every core, one busy core can make them several times slower; try --threads 1).
 
 FLOP bound: a stage's FLOPs (counted by torch.utils.flop_counter on the float32 torch path; every backend and
-dtype does the same arithmetic) divided by the measured peak of the dtype its matmuls run in (torch bf16:
+dtype does the same arithmetic; the public release's, which samples every agent position of the window,
+counted on its own code) divided by the measured peak of the dtype its matmuls run in (torch bf16:
 the backbone in bf16, speech and diffusion float32; onnxruntime int8: the backbone's linears int8). share =
 bound / measured latency: 100 % would be a stage that does nothing but peak-speed matmuls.
 """
@@ -28,7 +31,7 @@ import os
 import platform
 import time
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,7 @@ from timar_model.model.timar import TIMAR
 from timar_model.runtime.streaming import BACKENDS, StreamingGenerator
 
 STAGES = ("speech", "backbone", "diffusion")
+VARIANT_BACKENDS = (*BACKENDS, "public")  # public: the public release's sampling code (float32 only)
 BENCH_DTYPES = ("float32", "bfloat16", "float16", "int8")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 PEAK_DTYPES = ("float32", "bfloat16", "float16", "int8")
@@ -55,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--variants",
         help="comma-separated backend:dtype pairs measured in one run, e.g. torch:bfloat16,onnxruntime:int8 "
         "(overrides --backend/--dtype; speed-ups are against the first)",
+    )
+    parser.add_argument(
+        "--public-src",
+        type=Path,
+        help="a checkout of the public TIMAR release, for the variant public:float32 (needs timm)",
     )
     parser.add_argument(
         "--compile",
@@ -251,6 +260,24 @@ def stage_flops(gen: StreamingGenerator, inputs, linear_only: bool = False) -> d
     return out
 
 
+def public_stage_flops(gen, inputs) -> dict[str, int]:
+    """FLOPs of each stage of one turn of a PublicReleaseGenerator (the release's code), on its window."""
+    out = dict.fromkeys(STAGES, 0)
+
+    @contextmanager
+    def count(stage: str):
+        with flop_counter() as c:
+            yield
+        out[stage] += c.get_total_flops()
+
+    gen.stage_hook = count
+    try:
+        gen.step(*inputs)
+    finally:
+        gen.stage_hook = None
+    return out
+
+
 def flop_counter():
     """torch's FlopCounterMode, also counting the CPU flash-attention kernel (which it leaves at 0 FLOPs:
     scaled_dot_product_attention in float32 on a CPU)."""
@@ -338,10 +365,12 @@ def parse_variants(text: str | None, backend: str, dtype: str) -> list[tuple[str
             b, _, d = item.strip().partition(":")
             pairs.append((b, d or "float32"))
     for b, d in pairs:
-        if b not in BACKENDS or d not in BENCH_DTYPES:
-            raise ValueError(f"--variants: {b}:{d}; backends {BACKENDS}, dtypes {BENCH_DTYPES}")
+        if b not in VARIANT_BACKENDS or d not in BENCH_DTYPES:
+            raise ValueError(f"--variants: {b}:{d}; backends {VARIANT_BACKENDS}, dtypes {BENCH_DTYPES}")
         if b == "torch" and d not in ("float32", "bfloat16"):
             raise ValueError(f"--variants: torch runs float32 or bfloat16, not {d} (onnxruntime:{d})")
+        if b == "public" and d != "float32":
+            raise ValueError(f"--variants: the public release runs float32 only, not {d}")
     return pairs
 
 
@@ -378,10 +407,14 @@ def bench_preset(
     compile_mode: str = "none",
     peaks: dict[str, float | None] | None = None,
     memory: bool = False,
+    public_src: str | Path | None = None,
 ) -> list[dict]:
     """One result dict per variant (backend, dtype) on the same random weights. memory: also the bytes of
-    weights, window and activation peak of each torch variant (memory_of; on a GPU the allocator's peak too)."""
+    weights, window and activation peak of each torch variant (memory_of; on a GPU the allocator's peak too).
+    public_src: the public release's checkout, for the variant ("public", "float32")."""
     variants = variants or [(backend, dtype)]
+    if any(b == "public" for b, _ in variants) and public_src is None:
+        raise ValueError("the variant public:float32 needs a checkout of the public release (--public-src DIR)")
     torch.manual_seed(seed)
     config = get_preset(name)
     with torch.device(device):  # random init where the model runs (a large model initialises fast on a GPU)
@@ -414,6 +447,11 @@ def bench_preset(
                 int8 = any(v == (b, "int8") for v in variants)
                 export_model(model, onnx_dirs[family], dtype=family, int8=int8, check=False, log=lambda *a: None)
             onnx_dir = onnx_dirs[family]
+        if b == "public":
+            from timar_model.eval.public_release import PublicReleaseGenerator
+
+            gens.append(PublicReleaseGenerator(model, public_src, device=device, seed=seed))
+            continue
         gens.append(StreamingGenerator(model, device=device, dtype=d, seed=seed, backend=b, onnx_dir=onnx_dir))
     for _ in range(config.context_turns):  # fill every window
         x = turn_inputs()
@@ -425,12 +463,22 @@ def bench_preset(
             if b == "torch":
                 mem[k] = memory_of(g, turn_inputs()) | device_memory_peak(g, turn_inputs())
     counter = StreamingGenerator(model, device=device, seed=seed)  # float32 torch path, on the same full window
-    counter._turns.extend(t.to(counter.device) for t in gens[0]._turns)
+    filled = next((g for g in gens if isinstance(g, StreamingGenerator)), None)
+    if filled is not None:
+        counter._turns.extend(t.to(counter.device) for t in filled._turns)
+    else:
+        for _ in range(config.context_turns):
+            counter.step(*turn_inputs())
     x = turn_inputs()
     flops = stage_flops(counter, x)
     counter._turns.pop()  # the same turn again, for the linear layers' share
     linear_flops = stage_flops(counter, x, linear_only=True)
     del counter
+    own_flops = {k: (flops, linear_flops) for k in range(len(gens))}
+    for k, g in enumerate(gens):
+        if not isinstance(g, StreamingGenerator):  # the public release: its own arithmetic, all float32
+            public = public_stage_flops(g, x)
+            own_flops[k] = (public, public)
     compile_s = None
     if compile_mode != "none":
         t0 = time.perf_counter()
@@ -451,7 +499,8 @@ def bench_preset(
             gens[k].step(*x)
             rows[k].append(gens[k].last_timings)
     results = []
-    for (b, d), r, m in zip(variants, rows, mem):
+    for k, ((b, d), r, m) in enumerate(zip(variants, rows, mem)):
+        flops, linear_flops = own_flops[k]
         out = {
             "preset": name,
             "backend": b,
@@ -512,6 +561,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = parse_variants(args.variants, args.backend, args.dtype)
+    if any(b == "public" for b, _ in variants):  # fail before measuring anything
+        if args.public_src is None:
+            raise ValueError("--variants public:float32 needs --public-src DIR (a checkout of the public release)")
+        from timar_model.eval.public_release import import_public_timar
+
+        import_public_timar(args.public_src)
     limit_gb = args.max_params_gb if args.max_params_gb is not None else 0.4 * total_ram_gb()
     host = host_info(args.device)
     print(f"host: {host['cpu']}, {host['cores']} cores" + (f"; GPU {host['gpu']}" if "gpu" in host else "")
@@ -560,6 +615,7 @@ def run(args: argparse.Namespace) -> int:
                 args.compile,
                 peaks,
                 memory=args.memory,
+                public_src=args.public_src,
             )
         except (RuntimeError, MemoryError) as e:  # e.g. out of memory on the device
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
