@@ -153,13 +153,14 @@ def build_public_model(model: TIMAR, src: str | Path, device: str | torch.device
     args = public_args(model.config)
     original = module.Wav2Vec2Model
     module.Wav2Vec2Model = _LocalSpeechModel(model.speech_encoder.model)
+    device = torch.device(device)
     try:
-        net = module.TIMAR(**args, norm_layer=partial(nn.LayerNorm, eps=model.config.norm_eps))
+        with device:  # initialised where it runs (a large model initialises fast on a GPU)
+            net = module.TIMAR(**args, norm_layer=partial(nn.LayerNorm, eps=model.config.norm_eps))
     finally:
         module.Wav2Vec2Model = original
     own = model.state_dict()
     net.load_state_dict({k: own[k] for k in model.public_state_dict_keys()}, strict=True)
-    device = torch.device(device)
     net.eval().to(device)
     net.speech_encoder.wav2vec.to(device)  # a plain attribute of the release's TIMAR, not a submodule
     return net
