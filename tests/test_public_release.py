@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
-import torch
 
 from timar_model.cli import main as timar_main
 from timar_model.eval.bench import bench_preset, parse_variants
 from timar_model.eval.public_release import (
+    REFERENCE_ATOL,
     PublicReleaseError,
-    PublicReleaseGenerator,
     import_public_timar,
     public_args,
+    reference_stream_check,
 )
 from timar_model.model.config import get_preset
 
@@ -81,42 +80,27 @@ def test_the_public_variant_is_float32_and_needs_a_checkout(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- with a checkout
-def reference_tiny(reference_dir):
-    from safetensors.torch import load_file
-
-    from timar_model.model.timar import TIMAR
-
-    ref = reference_dir / "timar_tiny"
-    m = TIMAR(get_preset("reference-tiny"))
-    m.load_public_state_dict(load_file(str(ref / "timar_tiny_state_dict.safetensors")))
-    m.speech_encoder.model.load_state_dict(load_file(str(ref / "wav2vec2_tiny_state_dict.safetensors")))
-    return m.eval()
+@needs_public
+def test_the_release_on_the_projects_weights_reproduces_the_fixture_stream(reference_dir):
+    """The adapter runs the checkout's own code on this project's weights: with the fixture's Gaussian draws
+    fed in the release's order the 6 streamed turns are the fixture's stream_pred, which the release made."""
+    check = reference_stream_check(PUBLIC_SRC, reference_dir)
+    assert check["turns"] == 6 and check["ok"], check
 
 
 @needs_public
-def test_the_release_on_the_projects_weights_reproduces_the_fixture_stream(reference_dir, monkeypatch):
-    """The adapter runs the checkout's own code on this project's weights: with the fixture's Gaussian draws
-    fed in the release's order (x_T, then one per step, for every masked position of the window) the 6
-    streamed turns are the fixture's stream_pred, which the release produced."""
-    ref = dict(np.load(reference_dir / "timar_tiny" / "timar_tiny_reference.npz"))
-    gen = PublicReleaseGenerator(reference_tiny(reference_dir), PUBLIC_SRC)
-    draws: list[torch.Tensor] = []
+def test_the_reference_check_tells_a_changed_sampler_apart(reference_dir, tmp_path):
+    """A copy of the checkout whose sampler scales its noise by 1.01 no longer reproduces the stream."""
+    import shutil
 
-    def next_draw(shape):
-        x = draws.pop(0)
-        assert tuple(x.shape) == tuple(shape)
-        return x.clone()
-
-    monkeypatch.setattr(torch, "randn", lambda *shape, **kw: next_draw(shape[0] if len(shape) == 1 else shape))
-    monkeypatch.setattr(torch, "randn_like", lambda t, **kw: next_draw(t.shape))
-    preds = []
-    for k in range(6):
-        draws[:] = list(torch.from_numpy(ref[f"stream_noise_turn{k}"]))
-        s, f = slice(k * 16000, (k + 1) * 16000), slice(k * 25, (k + 1) * 25)
-        preds.append(gen.step(ref["speech_1"][s], ref["motion_1"][f], ref["speech_2"][s]))
-        assert not draws  # every draw of the turn was used
-        assert set(gen.last_timings) == {"speech", "backbone", "diffusion", "total"}
-    np.testing.assert_allclose(np.stack(preds), ref["stream_pred"], atol=1e-4)
+    copy = tmp_path / "changed"
+    shutil.copytree(PUBLIC_SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    path = copy / "model" / "diffusion" / "gaussian_diffusion.py"
+    text = path.read_text()
+    assert "noise * temperature" in text
+    path.write_text(text.replace("noise * temperature", "noise * temperature * 1.01"))
+    check = reference_stream_check(copy, reference_dir)
+    assert not check["ok"] and check["max_abs_diff"] > REFERENCE_ATOL
 
 
 @needs_public
@@ -158,5 +142,6 @@ def test_the_gpu_checks_public_stage_dry(tmp_path):
     assert gpu_check.main(args) == 0
     doc = json.loads(out.read_text())
     assert doc["stages"]["public"]["ok"], doc["stages"]["public"].get("error")
+    assert doc["summary"]["public_release"]["checkout_reproduces_reference"] is True
     tiny = doc["summary"]["public_release"]["reference-tiny"]
     assert tiny["public_float32_ms"] > 0 and set(tiny["speedup_same_run"]) == {"torch:float32", "torch:bfloat16"}

@@ -11,9 +11,11 @@ rewritten after every stage, so a run killed from outside still leaves what was 
   tests     the CUDA-marked tests (pytest -m cuda: streaming and a training step on the GPU, sync-free stages)
   bench     `small` and `large`, torch float32 and bfloat16 in one run (turns interleaved), the device's
             measured matmul peaks and each stage's share of its FLOP bound (timar bench)
-  public    with --public-src DIR (a checkout of the public release; needs timm): `large` through the
-            release's own sampling code (float32, as it runs) beside torch float32 and bfloat16 on the same
-            weights, turns interleaved (timar bench --variants public:float32,...); left out without it
+  public    with --public-src DIR (a checkout of the public release; needs timm): first whether the
+            checkout reproduces the reference fixture's stream (which the release made), then `large`
+            through the release's own sampling code (float32, as it runs) beside torch float32 and bfloat16
+            on the same weights, turns interleaved (timar bench --variants public:float32,...); left out
+            without it
   demo      the shipped model streams the demo clip (data/demo/test, or a synthetic signal without it) on the
             device in float32 and bfloat16: per-turn latency and, with the clip, the eval metrics
   compiled  bench again with torch.compile(mode="reduce-overhead"): CUDA graphs for the fixed-shape steady
@@ -334,7 +336,17 @@ def stage_bench(plan: Plan) -> dict:
 def stage_public(plan: Plan) -> dict:
     if not plan.public_src:
         raise ValueError("the public stage needs a checkout of the public release (--public-src DIR)")
-    return {"public_src": plan.public_src, **_bench(plan, "none", public=True)}
+    from timar_model.eval.public_release import REFERENCE_DIR, reference_stream_check
+
+    # first: is the checkout the release? (it must reproduce the fixture stream the release made; CPU, seconds)
+    if (REFERENCE_DIR / "timar_tiny").is_dir():
+        check = reference_stream_check(plan.public_src)
+    else:
+        check = {"ok": None, "error": f"reference fixtures not found at {REFERENCE_DIR}"}
+    out = {"public_src": plan.public_src, "reference_check": check, **_bench(plan, "none", public=True)}
+    if check["ok"] is False:
+        out.update(ok=False, error=f"the checkout does not reproduce the reference stream: {check}")
+    return out
 
 
 def stage_compiled(plan: Plan) -> dict:
@@ -442,7 +454,7 @@ def summarise(doc: dict) -> dict:
 
     public: dict | str = "not compared: run with --public-src DIR (a checkout of the public release)"
     if doc["stages"].get("public", {}).get("results"):
-        public = {}
+        public = {"checkout_reproduces_reference": doc["stages"]["public"].get("reference_check", {}).get("ok")}
         for preset in sorted({r["preset"] for r in doc["stages"]["public"]["results"]}):
             base = bench_total("public", preset, "float32", backend="public")
             if base is None:

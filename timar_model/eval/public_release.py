@@ -38,6 +38,9 @@ from timar_model.model.timar import TIMAR
 
 PUBLIC_RELEASE = "CoderChen01/towards-seamless-interaction at commit b58f9b9"
 STAGES = ("speech", "backbone", "diffusion")
+# the fixtures the release produced (../shared/reference beside the repository)
+REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE_ATOL = 1e-4  # on the streamed motion (../shared/reference/README.md)
 
 
 class PublicReleaseError(UserError):
@@ -239,3 +242,59 @@ class PublicReleaseGenerator:
         self.last_timings = dict(self._spent, total=total)
         self.turn_index += 1
         return out
+
+
+# ----------------------------------------------------------------------------- is the checkout the release?
+def reference_tiny_model(reference_dir: str | Path = REFERENCE_DIR) -> TIMAR:
+    """The project's reference-tiny model with the fixture's weights (timar_tiny/), in eval mode."""
+    from safetensors.torch import load_file
+
+    from timar_model.model.config import get_preset
+
+    ref = Path(reference_dir) / "timar_tiny"
+    model = TIMAR(get_preset("reference-tiny"))
+    model.load_public_state_dict(load_file(str(ref / "timar_tiny_state_dict.safetensors")))
+    model.speech_encoder.model.load_state_dict(load_file(str(ref / "wav2vec2_tiny_state_dict.safetensors")))
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _gaussian_draws(draws: list[torch.Tensor]):
+    """torch.randn / torch.randn_like hand out `draws` in order while the block runs (each checked against
+    the shape asked for); the release draws every Gaussian of its sampler through them."""
+
+    def next_draw(shape) -> torch.Tensor:
+        if not draws:
+            raise AssertionError(f"the release drew more Gaussians than the fixture holds (shape {tuple(shape)})")
+        x = draws.pop(0)
+        if tuple(x.shape) != tuple(shape):
+            raise AssertionError(f"the release drew shape {tuple(shape)} where the fixture has {tuple(x.shape)}")
+        return x.clone()
+
+    randn, randn_like = torch.randn, torch.randn_like
+    torch.randn = lambda *shape, **kw: next_draw(shape[0] if len(shape) == 1 else shape)
+    torch.randn_like = lambda t, **kw: next_draw(t.shape)
+    try:
+        yield
+    finally:
+        torch.randn, torch.randn_like = randn, randn_like
+
+
+def reference_stream_check(src: str | Path, reference_dir: str | Path = REFERENCE_DIR) -> dict:
+    """Stream the reference fixture's 6 turns through the checkout at src (this adapter, the fixture's
+    weights, and its Gaussian draws in the release's order: x_T, then one per step, for every masked
+    position of the window). The fixture was made by the release, so a true checkout reproduces its
+    stream_pred: ok when within REFERENCE_ATOL. On the CPU."""
+    ref = dict(np.load(Path(reference_dir) / "timar_tiny" / "timar_tiny_reference.npz"))
+    gen = PublicReleaseGenerator(reference_tiny_model(reference_dir), src)
+    F, S = gen.config.frames_per_turn, gen.config.samples_per_turn
+    preds = []
+    for k in range(ref["stream_pred"].shape[0]):
+        draws = list(torch.from_numpy(ref[f"stream_noise_turn{k}"]))
+        with _gaussian_draws(draws):
+            s, f = slice(k * S, (k + 1) * S), slice(k * F, (k + 1) * F)
+            preds.append(gen.step(ref["speech_1"][s], ref["motion_1"][f], ref["speech_2"][s]))
+        if draws:
+            raise AssertionError(f"turn {k}: the release left {len(draws)} of the fixture's draws unused")
+    diff = float(np.abs(np.stack(preds) - ref["stream_pred"]).max())
+    return {"turns": len(preds), "max_abs_diff": diff, "atol": REFERENCE_ATOL, "ok": diff <= REFERENCE_ATOL}
