@@ -12,7 +12,8 @@ rewritten after every stage, so a run killed from outside still leaves what was 
   bench     `small` and `large`, torch float32 and bfloat16 in one run (turns interleaved), the device's
             measured matmul peaks and each stage's share of its FLOP bound (timar bench)
   public    with --public-src DIR (a checkout of the public release; needs timm): first whether the
-            checkout reproduces the reference fixture's stream (which the release made), then `large`
+            checkout reproduces the reference fixture's stream (which the release made; the fixtures from
+            ../shared/reference or $TIMAR_REFERENCE_DIR, a copy carried along), then `large`
             through the release's own sampling code (float32, as it runs) beside torch float32 and bfloat16
             on the same weights, turns interleaved (timar bench --variants public:float32,...); left out
             without it

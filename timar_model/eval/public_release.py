@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import os
 import sys
 import time
 import types
@@ -38,8 +39,11 @@ from timar_model.model.timar import TIMAR
 
 PUBLIC_RELEASE = "CoderChen01/towards-seamless-interaction at commit b58f9b9"
 STAGES = ("speech", "backbone", "diffusion")
-# the fixtures the release produced (../shared/reference beside the repository)
-REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+# the fixtures the release produced: ../shared/reference beside the repository, or $TIMAR_REFERENCE_DIR (a
+# copy carried to a machine that does not have ../shared)
+REFERENCE_DIR = Path(
+    os.environ.get("TIMAR_REFERENCE_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+)
 REFERENCE_ATOL = 1e-4  # on the streamed motion (../shared/reference/README.md)
 
 
