@@ -466,8 +466,12 @@ def summarise(doc: dict) -> dict:
                 if (ms := bench_total("public", preset, dt)) is not None
             }
             # the project's fastest turn anywhere in this check (compiled included; other runs than the release's)
-            own = [ms for st in ("bench", "compiled") for dt in ("float32", "bfloat16")
-                   if (ms := bench_total(st, preset, dt)) is not None]
+            own = [
+                ms
+                for st in ("bench", "compiled")
+                for dt in ("float32", "bfloat16")
+                if (ms := bench_total(st, preset, dt)) is not None
+            ]
             best = max([*speedup.values(), *(base / ms for ms in own)], default=None)
             public[preset] = {
                 "public_float32_ms": base,
